@@ -1,0 +1,44 @@
+# Every target creates the environment it needs; nothing is installed by hand.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: help venv test lint types pytest docs demo bench clean
+
+help:
+	@echo "make demo   run the FastAPI example gateway with local keys and in-memory limits"
+	@echo "make test   lint, type-check, run the tests and build the docs"
+	@echo "make bench  run the benchmark harness"
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+types: $(STAMP)
+	$(BIN)/mypy
+
+pytest: $(STAMP)
+	$(BIN)/pytest
+
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir .site
+
+test: lint types pytest docs
+
+demo: $(STAMP)
+	$(BIN)/python -m examples.fastapi
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks
+
+clean:
+	rm -rf $(VENV) .site .mypy_cache .pytest_cache .ruff_cache

@@ -1,0 +1,125 @@
+"""The normalized identity that every layer and the app consume."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Literal, overload
+
+from ._asgi import Scope
+from .errors import MiddlewareOrderError
+
+if TYPE_CHECKING:
+    from .apikeys import APIKey
+
+IdentitySource = Literal["jwt", "header", "api_key", "anonymous"]
+
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+#: The scope key (and `scope["state"]` key) the identity lives under.
+SCOPE_KEY = "identity"
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """The party acting for the user (RFC 8693 `act` claim); `actor` continues the chain."""
+
+    subject: str
+    issuer: str | None = None
+    client_id: str | None = None
+    actor: Actor | None = None
+
+    @property
+    def chain(self) -> tuple[str, ...]:
+        """Subjects from the direct actor to the earliest one."""
+        subjects: list[str] = []
+        current: Actor | None = self
+        while current is not None:
+            subjects.append(current.subject)
+            current = current.actor
+        return tuple(subjects)
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who is behind a request, as verified by IdentityMiddleware."""
+
+    source: IdentitySource
+    user_id: str | None = None
+    email: str | None = None
+    email_verified: bool | None = None
+    domain: str | None = None
+    name: str | None = None
+    tenant: str | None = None
+    group: str | None = None
+    roles: frozenset[str] = frozenset()
+    scopes: frozenset[str] = frozenset()
+    actor: Actor | None = None
+    client_id: str | None = None
+    issuer: str | None = None
+    api_key: APIKey | None = None
+    conversation_id: str | None = None
+    claims: Mapping[str, Any] = field(default=_EMPTY, repr=False, compare=False)
+
+    @property
+    def has_user(self) -> bool:
+        """A person is identified: by a verified token or a trusted email header, not only a key."""
+        return self.source == "jwt" or self.source == "header"
+
+    @property
+    def subject(self) -> str | None:
+        """The most specific stable name for rate limits and telemetry."""
+        return self.user_id or self.email or self.client_id
+
+    def replace(self, **changes: Any) -> Identity:
+        return replace(self, **changes)
+
+
+ANONYMOUS = Identity(source="anonymous")
+
+
+def _scope_of(obj: Any) -> Scope:
+    if isinstance(obj, Mapping):
+        return obj  # type: ignore[return-value]
+    scope = getattr(obj, "scope", None)
+    if scope is None:
+        raise TypeError(
+            f"get_identity() takes an ASGI scope or a request, not {type(obj).__name__}"
+        )
+    return scope  # type: ignore[no-any-return]
+
+
+_MISSING: Any = object()
+
+
+@overload
+def get_identity(request_or_scope: Any) -> Identity: ...
+@overload
+def get_identity(request_or_scope: Any, default: Identity | None) -> Identity | None: ...
+def get_identity(request_or_scope: Any, default: Identity | None = _MISSING) -> Identity | None:
+    """The identity of a request (Starlette/Litestar request, WebSocket, or a raw ASGI scope)."""
+    identity = _scope_of(request_or_scope).get(SCOPE_KEY)
+    if identity is None:
+        if default is _MISSING:
+            raise MiddlewareOrderError("get_identity()")
+        return default
+    return identity  # type: ignore[no-any-return]
+
+
+def set_identity(scope: Scope, identity: Identity) -> None:
+    """Publish `identity` in the scope, and in `scope["state"]` for `request.state.identity`."""
+    scope[SCOPE_KEY] = identity
+    state = scope.get("state")
+    if state is None:
+        scope["state"] = {SCOPE_KEY: identity}
+    else:
+        state[SCOPE_KEY] = identity
+
+
+def require_identity(scope: Scope, layer: str) -> Identity:
+    """The identity set by IdentityMiddleware, or a loud configuration error naming `layer`."""
+    identity = scope.get(SCOPE_KEY)
+    if identity is None:
+        raise MiddlewareOrderError(layer)
+    return identity  # type: ignore[no-any-return]
