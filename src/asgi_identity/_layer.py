@@ -1,0 +1,78 @@
+"""What every enforcing layer shares: its mode, excluded paths, CORS preflight, and how it refuses."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Literal
+
+from . import telemetry
+from ._asgi import Receive, Scope, Send
+from .errors import ErrorRenderer, IdentityError, send_error
+
+Mode = Literal["enforce", "observe"]
+MODES: frozenset[str] = frozenset({"enforce", "observe"})
+
+logger = logging.getLogger("asgi_identity")
+
+
+class LayerPolicy:
+    """Options common to EnforceIdentity, DomainAllowlist, UserRateLimit and RoutePolicy.
+
+    `exclude_paths` are exact paths, or prefixes when they end with `/` (e.g. `/health`,
+    `/static/`). CORS preflight (`OPTIONS` with `Access-Control-Request-Method`) passes unless
+    `allow_preflight` is False.
+    """
+
+    __slots__ = ("_exact", "_prefixes", "allow_preflight", "layer", "mode", "renderer")
+
+    def __init__(
+        self,
+        layer: str,
+        *,
+        mode: str = "enforce",
+        exclude_paths: Iterable[str] = (),
+        allow_preflight: bool = True,
+        renderer: ErrorRenderer | None = None,
+    ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"{layer}: mode must be 'enforce' or 'observe', not {mode!r}")
+        if isinstance(exclude_paths, str):
+            raise TypeError(f"{layer}: exclude_paths must be a list of paths, not a string")
+        paths = list(exclude_paths)
+        for path in paths:
+            if not path.startswith("/"):
+                raise ValueError(f"{layer}: excluded path {path!r} must start with '/'")
+        self.layer = layer
+        self.mode: Mode = "observe" if mode == "observe" else "enforce"
+        self.renderer = renderer
+        self.allow_preflight = allow_preflight
+        self._exact = frozenset(p for p in paths if not p.endswith("/"))
+        self._prefixes = tuple(p for p in paths if p.endswith("/"))
+
+    def skips(self, scope: Scope) -> bool:
+        """True when this request is not this layer's business (excluded path or CORS preflight)."""
+        path: str = scope.get("path", "")
+        if path in self._exact or (self._prefixes and path.startswith(self._prefixes)):
+            return True
+        if self.allow_preflight and scope.get("method") == "OPTIONS":
+            return any(name == b"access-control-request-method" for name, _ in scope["headers"])
+        return False
+
+    async def refuse(
+        self, error: IdentityError, scope: Scope, receive: Receive, send: Send
+    ) -> bool:
+        """Refuse with `error`; True when the response was sent, False in observe mode (go on)."""
+        if self.mode == "observe":
+            telemetry.on_observed(scope, self.layer, error)
+            logger.info(
+                "%s would refuse %s %s: %s",
+                self.layer,
+                scope.get("method", "WS"),
+                scope.get("path", ""),
+                error.code,
+            )
+            return False
+        telemetry.on_rejection(scope, self.layer, error)
+        await send_error(error, scope, receive, send, self.renderer)
+        return True
