@@ -20,6 +20,7 @@ STATUS_BY_CODE: Final[Mapping[str, int]] = {
     "email_unverified": 403,
     "invalid_group": 400,
     "policy_denied": 403,
+    "request_too_large": 413,
     "rate_limited": 429,
     "token_quota_exceeded": 429,
     "identity_provider_unavailable": 503,
@@ -32,6 +33,7 @@ _TYPE_BY_STATUS: Final[Mapping[int, str]] = {
     400: "invalid_request_error",
     401: "authentication_error",
     403: "permission_error",
+    413: "invalid_request_error",
     429: "rate_limit_error",
     503: "service_unavailable_error",
 }

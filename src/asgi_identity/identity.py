@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Literal, overload
+from typing import Any, Literal, overload
 
 from ._asgi import Scope
-from .errors import MiddlewareOrderError
 
-if TYPE_CHECKING:
-    from .apikeys import APIKey
+# Imported at run time, not only for type checkers: frameworks that read the dataclass's type
+# hints (Litestar's dependency injection, FastAPI/pydantic) must be able to resolve APIKey.
+from .apikeys import APIKey
+from .errors import MiddlewareOrderError
 
 IdentitySource = Literal["jwt", "header", "api_key", "anonymous"]
 
@@ -60,7 +61,7 @@ class Identity:
     issuer: str | None = None
     api_key: APIKey | None = None
     conversation_id: str | None = None
-    claims: Mapping[str, Any] = field(default=_EMPTY, repr=False, compare=False)
+    claims: Mapping[str, Any] = field(default_factory=lambda: _EMPTY, repr=False, compare=False)
 
     @property
     def has_user(self) -> bool:
@@ -73,7 +74,18 @@ class Identity:
         return self.user_id or self.email or self.client_id
 
     def replace(self, **changes: Any) -> Identity:
-        return replace(self, **changes)
+        """A copy with `changes` applied (layers use it to add what they learn, e.g. a conversation)."""
+        unknown = changes.keys() - _FIELD_NAMES
+        if unknown:
+            raise TypeError(f"Identity has no field {sorted(unknown)[0]!r}")
+        # dataclasses.replace() re-runs __init__ and costs twice as much; this is on the hot path.
+        new = object.__new__(Identity)
+        for name in _FIELD_NAMES:
+            object.__setattr__(new, name, changes[name] if name in changes else getattr(self, name))
+        return new
+
+
+_FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in fields(Identity))
 
 
 ANONYMOUS = Identity(source="anonymous")

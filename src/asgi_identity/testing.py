@@ -155,7 +155,8 @@ class JWKSServer:
     """A real HTTP server (in a thread) publishing a LocalIssuer's discovery document and JWKS.
 
     `fetches` counts JWKS requests; `delay`, `status` and `body` let a test make it slow, failing
-    or hostile.
+    or hostile; `redirect_to` answers every request with a redirect there, and `discovery`
+    replaces the discovery document.
     """
 
     def __init__(self, issuer: LocalIssuer, host: str = "127.0.0.1") -> None:
@@ -165,10 +166,15 @@ class JWKSServer:
         self.delay = 0.0
         self.status = 200
         self.body: bytes | None = None
+        self.redirect_to: str | None = None
+        self.discovery: dict[str, Any] | None = None
         self._lock = threading.Lock()
         self._httpd = ThreadingHTTPServer((host, 0), self._handler())
         self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        # A short poll keeps shutdown (once per test) quick.
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
         self._thread.start()
 
     @property
@@ -185,13 +191,20 @@ class JWKSServer:
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                if self.path == "/.well-known/openid-configuration":
+                if server.redirect_to is not None:
+                    self._reply(302, b"", location=server.redirect_to)
+                    return
+                path = self.path.split("?", 1)[0]
+                if path == "/.well-known/openid-configuration":
                     with server._lock:
                         server.discovery_fetches += 1
-                    document = {"issuer": server.issuer.issuer, "jwks_uri": server.jwks_url}
+                    document = server.discovery or {
+                        "issuer": server.issuer.issuer,
+                        "jwks_uri": server.jwks_url,
+                    }
                     self._reply(200, json.dumps(document).encode())
                     return
-                if self.path != "/jwks.json":
+                if path != "/jwks.json":
                     self._reply(404, b"{}")
                     return
                 with server._lock:
@@ -205,9 +218,11 @@ class JWKSServer:
                 )
                 self._reply(server.status, body)
 
-            def _reply(self, status: int, body: bytes) -> None:
+            def _reply(self, status: int, body: bytes, location: str | None = None) -> None:
                 try:
                     self.send_response(status)
+                    if location is not None:
+                        self.send_header("Location", location)
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(body)))
                     self.end_headers()

@@ -1,0 +1,340 @@
+"""Reading credentials from request headers, trusting peers, and forwarding identity downstream.
+
+IdentityMiddleware's private helpers: one pass over the headers, parsed once-configured names,
+and the encoding of identity for `x-user-*` headers.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable
+from urllib.parse import quote
+
+from ._headers import Headers
+from .email import EmailAddress, parse_email
+from .errors import IdentityError
+from .identity import Identity
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+_TOKEN_CHARS = re.compile(r"[a-z0-9!#$%&'*+.^_`|~-]+")
+_COOKIE_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
+
+
+def header_name(option: str, value: object) -> bytes:
+    """A configured header name, validated and normalized (lower case, `_` read as `-`)."""
+    if not isinstance(value, str):
+        raise TypeError(f"IdentityMiddleware: {option} must be a header name (str)")
+    name = value.strip().lower().replace("_", "-")
+    if not _TOKEN_CHARS.fullmatch(name):
+        raise ValueError(f"IdentityMiddleware: {option}={value!r} is not a valid header name")
+    return name.encode("ascii")
+
+
+def cookie_name(value: object) -> bytes:
+    if not isinstance(value, str) or not _COOKIE_NAME.fullmatch(value):
+        raise ValueError(f"IdentityMiddleware: token_cookie={value!r} is not a valid cookie name")
+    return value.encode("ascii")
+
+
+class TrustedNetworks:
+    """Peers allowed to assert identity in headers, parsed once (as uvicorn's proxy headers do).
+
+    A peer without an address (a Unix socket) is never trusted: list its networks explicitly.
+    """
+
+    __slots__ = ("_networks",)
+
+    def __init__(self, networks: Iterable[str | IPNetwork]) -> None:
+        if isinstance(networks, str):
+            raise TypeError(
+                "IdentityMiddleware: trusted_header_networks must be a list of networks, "
+                "not a string"
+            )
+        parsed: list[IPNetwork] = []
+        for network in networks:
+            if isinstance(network, ipaddress.IPv4Network | ipaddress.IPv6Network):
+                parsed.append(network)
+                continue
+            if not isinstance(network, str):
+                raise TypeError(
+                    f"IdentityMiddleware: trusted network {network!r} must be a string like "
+                    "'10.0.0.0/8' or an ipaddress network"
+                )
+            if network.strip() == "*":
+                # Trusting every peer lets anyone on the internet claim any email address.
+                raise ValueError(
+                    "IdentityMiddleware: '*' is not accepted in trusted_header_networks; "
+                    "list the networks of the backends that send X-User-Email"
+                )
+            try:
+                parsed.append(ipaddress.ip_network(network.strip(), strict=False))
+            except ValueError:
+                raise ValueError(
+                    f"IdentityMiddleware: trusted network {network!r} is not an IP address "
+                    "or network"
+                ) from None
+        self._networks = tuple(parsed)
+
+    def __bool__(self) -> bool:
+        return bool(self._networks)
+
+    def trusts(self, client: object) -> bool:
+        if not self._networks or not client:
+            return False
+        try:
+            address = ipaddress.ip_address(client[0])  # type: ignore[index]
+        except (ValueError, TypeError, IndexError):
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return any(address in network for network in self._networks)
+
+
+class Presented:
+    """What one request carries, from a single pass over its headers."""
+
+    __slots__ = ("api_keys", "bearer_is_key", "cookie_tokens", "emails", "groups", "kept", "tokens")
+
+    def __init__(self) -> None:
+        self.bearer_is_key = False
+        self.tokens: list[bytes] = []
+        self.api_keys: list[bytes] = []
+        self.emails: list[bytes] = []
+        self.groups: list[bytes] = []
+        self.cookie_tokens: list[bytes] = []
+        self.kept: Headers = []
+
+
+class HeaderReader:
+    """Splits the request headers into credentials and the headers the app may see."""
+
+    __slots__ = (
+        "_api_key",
+        "_cookie",
+        "_email",
+        "_group",
+        "_max_bytes",
+        "_prefix",
+        "_strip_api_key",
+        "_token",
+    )
+
+    def __init__(
+        self,
+        *,
+        token_header: bytes,
+        api_key_header: bytes | None,
+        email_header: bytes,
+        group_header: bytes | None,
+        token_cookie: bytes | None,
+        prefix: bytes,
+        sanitize: bool,
+        max_bytes: int,
+    ) -> None:
+        self._token = token_header
+        self._api_key = api_key_header
+        self._email = email_header
+        self._group = group_header
+        self._cookie = token_cookie
+        self._prefix = prefix
+        self._strip_api_key = sanitize
+        self._max_bytes = max_bytes
+
+    def read(self, headers: Iterable[tuple[bytes, bytes]]) -> Presented:
+        found = Presented()
+        kept = found.kept
+        prefix = self._prefix
+        for raw_name, value in headers:
+            name = raw_name.lower()
+            if b"_" in name:
+                name = name.replace(b"_", b"-")
+            if name == self._token:
+                self._check_size(raw_name, value)
+                found.tokens.append(value)
+                kept.append((raw_name, value))
+            elif name == self._api_key:
+                self._check_size(raw_name, value)
+                found.api_keys.append(value)
+                if not self._strip_api_key:
+                    kept.append((raw_name, value))
+            elif name == self._email:
+                # Identity assertions never reach the app as sent: it reads the verified identity.
+                # Their size is checked only if they are trusted (an address has its own limit).
+                found.emails.append(value)
+            elif name == self._group:
+                found.groups.append(value)
+            elif name.startswith(prefix):
+                pass  # a spoofed forwarded identity header, in any spelling: dropped
+            else:
+                if name == b"cookie" and self._cookie is not None:
+                    self._read_cookie(value, found.cookie_tokens)
+                kept.append((raw_name, value))
+        return found
+
+    def _check_size(self, name: bytes, value: bytes) -> None:
+        if len(value) > self._max_bytes:
+            raise IdentityError(
+                "invalid_request",
+                f"The {name.decode('latin-1')} header is longer than {self._max_bytes} bytes.",
+            )
+
+    def _read_cookie(self, header: bytes, out: list[bytes]) -> None:
+        assert self._cookie is not None
+        for pair in header.split(b";"):
+            name, sep, value = pair.strip().partition(b"=")
+            if sep and name == self._cookie:
+                value = value.strip()
+                if len(value) >= 2 and value[:1] == b'"' and value[-1:] == b'"':
+                    value = value[1:-1]
+                if len(value) > self._max_bytes:
+                    raise IdentityError(
+                        "invalid_request",
+                        f"The token cookie is longer than {self._max_bytes} bytes.",
+                    )
+                out.append(value)
+
+
+# RFC 6750 allows only visible ASCII in a bearer credential; a regex keeps the check cheap.
+_VISIBLE_ASCII = re.compile(rb"[\x21-\x7e]+")
+
+
+def bearer_value(raw: bytes, *, scheme_required: bool) -> str:
+    """The credential in `Bearer <value>` (RFC 6750); IdentityError invalid_token when malformed."""
+    value = raw.strip()
+    scheme, sep, rest = value.partition(b" ")
+    if sep and scheme.lower() == b"bearer":
+        value = rest.strip()
+    elif scheme_required:
+        raise IdentityError(
+            "invalid_token", "The Authorization header must be 'Bearer <credential>'."
+        )
+    if not _VISIBLE_ASCII.fullmatch(value):
+        raise IdentityError("invalid_token", "The bearer credential is empty or malformed.")
+    return value.decode("ascii")
+
+
+def header_email(values: list[bytes], header: str) -> EmailAddress | None:
+    """The one address a trusted sender put in the email header, normalized; None if absent."""
+    if not values:
+        return None
+    if len(values) > 1:
+        raise IdentityError(
+            "ambiguous_credentials", f"The request carries more than one {header} header."
+        )
+    try:
+        return parse_email(values[0].decode("utf-8").strip())
+    except (UnicodeDecodeError, ValueError) as exc:
+        # parse_email says what is wrong without repeating the value.
+        reason = "it is not valid UTF-8" if isinstance(exc, UnicodeDecodeError) else str(exc)
+        raise IdentityError(
+            "invalid_request", f"The {header} header is not a plain email address: {reason}."
+        ) from None
+
+
+MAX_GROUP_LENGTH = 128
+
+
+def header_group_value(values: list[bytes]) -> str | None:
+    """The one group a trusted sender put in the group header; None if absent."""
+    if not values:
+        return None
+    if len(values) > 1:
+        raise IdentityError(
+            "ambiguous_credentials", "The request carries more than one group header."
+        )
+    try:
+        group = values[0].decode("utf-8").strip()
+    except UnicodeDecodeError:
+        group = ""
+    if (
+        not group
+        or len(group) > MAX_GROUP_LENGTH
+        or any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in group)
+    ):
+        raise IdentityError("invalid_group", "The group header is empty or malformed.")
+    return group
+
+
+# Forwarded values are percent-encoded (UTF-8) when they hold anything beyond plain printable
+# ASCII, and always for `%` and `,`, so a comma-joined list splits back exactly, and a value can
+# never smuggle a header or a second list item. Plain values pass unchanged.
+_FORWARD_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in "%,")
+
+
+_PLAIN = re.compile(r"[!-$&-+\--~]*")
+
+
+def forward_value(value: str) -> bytes:
+    if _PLAIN.fullmatch(value):
+        return value.encode("ascii")
+    return quote(value, safe=_FORWARD_SAFE).encode("ascii")
+
+
+def forwarded_headers(identity: Identity, prefix: bytes) -> Headers:
+    """The `<prefix>*` headers that carry `identity` to the app or an upstream."""
+    headers: Headers = [(prefix + b"source", identity.source.encode("ascii"))]
+    if identity.user_id:
+        headers.append((prefix + b"id", forward_value(identity.user_id)))
+    if identity.email:
+        headers.append((prefix + b"email", forward_value(identity.email)))
+    if identity.group:
+        headers.append((prefix + b"group", forward_value(identity.group)))
+    if identity.tenant:
+        headers.append((prefix + b"tenant", forward_value(identity.tenant)))
+    if identity.roles:
+        roles = b",".join(forward_value(role) for role in sorted(identity.roles))
+        headers.append((prefix + b"roles", roles))
+    if identity.client_id:
+        headers.append((prefix + b"client-id", forward_value(identity.client_id)))
+    return headers
+
+
+class IdentityUser:
+    """`request.user` for Starlette-style apps (`is_authenticated`, `display_name`)."""
+
+    __slots__ = ("identity",)
+
+    def __init__(self, identity: Identity) -> None:
+        self.identity = identity
+
+    @property
+    def is_authenticated(self) -> bool:
+        return self.identity.source != "anonymous"
+
+    @property
+    def display_name(self) -> str:
+        identity = self.identity
+        return identity.name or identity.email or identity.user_id or identity.client_id or ""
+
+    @property
+    def identity_source(self) -> str:
+        return self.identity.source
+
+    def __repr__(self) -> str:
+        return f"IdentityUser({self.identity.subject!r}, source={self.identity.source!r})"
+
+
+class IdentityAuth:
+    """`request.auth` for Starlette-style apps: `.scopes` as `@requires()` expects them.
+
+    Like Starlette's own backends, an authenticated request also carries the `authenticated` scope.
+    """
+
+    __slots__ = ("_scopes", "identity")
+
+    def __init__(self, identity: Identity) -> None:
+        self.identity = identity
+        self._scopes: list[str] | None = None
+
+    @property
+    def scopes(self) -> list[str]:
+        # Built on first use: most requests never look.
+        if self._scopes is None:
+            identity = self.identity
+            scopes = sorted(identity.scopes)
+            if identity.source != "anonymous" and "authenticated" not in identity.scopes:
+                scopes.insert(0, "authenticated")
+            self._scopes = scopes
+        return self._scopes

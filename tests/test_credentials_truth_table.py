@@ -1,0 +1,152 @@
+"""Every combination of credentials, and what IdentityMiddleware makes of it.
+
+{no / valid / invalid JWT} x {no / valid / invalid API key} x {no / one / two X-User-Email}
+x {header identity off / on}. "On" means both ways header identity can be granted: the API key has
+`header_identity=True`, and the peer is in `trusted_header_networks` (which covers the no-key rows).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from asgi_identity import APIKey, Identity, hash_api_key
+from asgi_identity._asgi import Message, Receive, Scope, Send
+from asgi_identity.middleware import IdentityMiddleware
+from asgi_identity.testing import LocalIssuer
+from asgi_identity.tokens import JWTIssuer
+
+KEY = "sk-ai-backend-key-0123456789"
+PEER = ("10.1.2.3", 50000)
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.scope: Scope | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.scope = scope
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+
+@dataclass
+class Outcome:
+    status: int
+    code: str | None
+    identity: Identity | None
+
+
+async def request(app: Any, recorder: Recorder, headers: list[tuple[str, str]]) -> Outcome:
+    scope: Scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": "/v1/chat/completions",
+        "raw_path": b"/v1/chat/completions",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(name.lower().encode(), value.encode()) for name, value in headers],
+        "client": PEER,
+        "server": ("testserver", 80),
+    }
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    status = sent[0]["status"]
+    code = None
+    if status != 200:
+        code = json.loads(sent[1]["body"])["error"]["code"]
+    identity = recorder.scope["identity"] if recorder.scope is not None else None
+    return Outcome(status, code, identity)
+
+
+def expected(
+    jwt: str, api_key: str, emails: int, header_identity: bool
+) -> tuple[int, str | None, dict[str, Any] | None]:
+    """The rule, spelled out: key first, then ambiguity, then the token, then who is named."""
+    if api_key == "invalid":
+        return 401, "invalid_api_key", None
+    if header_identity and emails == 2:
+        return 400, "ambiguous_credentials", None
+    if jwt == "invalid":
+        return 401, "invalid_token", None
+    client = "backend" if api_key == "valid" else None
+    if jwt == "valid":
+        # The token names the person (and wins over the header); the key names the client.
+        return 200, None, {"source": "jwt", "user_id": "alice", "client_id": client or "web-app"}
+    if header_identity and emails == 1:
+        return 200, None, {"source": "header", "user_id": "carol@acme.com", "client_id": client}
+    if api_key == "valid":
+        return 200, None, {"source": "api_key", "user_id": None, "client_id": "backend"}
+    return 401, "missing_credentials", None
+
+
+@pytest.mark.parametrize("header_identity", [False, True], ids=["header-off", "header-on"])
+@pytest.mark.parametrize("emails", [0, 1, 2], ids=["no-email", "one-email", "two-emails"])
+@pytest.mark.parametrize("api_key", ["none", "valid", "invalid"], ids=lambda v: f"{v}-key")
+@pytest.mark.parametrize("jwt", ["none", "valid", "invalid"], ids=lambda v: f"{v}-jwt")
+async def test_credentials_truth_table(
+    issuer: LocalIssuer, jwt: str, api_key: str, emails: int, header_identity: bool
+) -> None:
+    recorder = Recorder()
+    app = IdentityMiddleware(
+        recorder,
+        issuers=[
+            JWTIssuer(
+                issuer=issuer.issuer,
+                audience="gateway",
+                public_key=issuer.signing_key.public_pem,
+            )
+        ],
+        api_keys=[
+            APIKey(
+                id="backend",
+                sha256=hash_api_key(KEY),
+                tenant="acme",
+                header_identity=header_identity,
+            )
+        ],
+        trusted_header_networks=["10.0.0.0/8"] if header_identity else [],
+    )
+    headers: list[tuple[str, str]] = []
+    if jwt == "valid":
+        headers.append(("authorization", f"Bearer {issuer.mint(sub='alice', azp='web-app')}"))
+    elif jwt == "invalid":
+        forger = LocalIssuer(issuer=issuer.issuer, audience="gateway", algorithm="ES256")
+        headers.append(("authorization", f"Bearer {forger.mint(sub='mallory')}"))
+    if api_key == "valid":
+        headers.append(("x-api-key", KEY))
+    elif api_key == "invalid":
+        headers.append(("x-api-key", "sk-ai-not-a-key-we-issued"))
+    headers += [("x-user-email", "carol@acme.com"), ("x-user-email", "dave@acme.com")][:emails]
+
+    outcome = await request(app, recorder, headers)
+
+    status, code, fields = expected(jwt, api_key, emails, header_identity)
+    assert (outcome.status, outcome.code) == (status, code)
+    if fields is None:
+        assert outcome.identity is None, "a refused request must never reach the app"
+        return
+    identity = outcome.identity
+    assert identity is not None
+    assert {name: getattr(identity, name) for name in fields} == fields
+    if api_key == "valid":
+        assert identity.api_key is not None
+        assert identity.api_key.id == "backend"
+        assert identity.tenant == "acme"
+    else:
+        assert identity.api_key is None
+    if identity.source == "header":
+        assert (identity.email, identity.domain) == ("carol@acme.com", "acme.com")
