@@ -1,0 +1,78 @@
+"""EnforceIdentity: a request must carry a person, not only an app key."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from .._asgi import ASGIApp, Receive, Scope, Send
+from .._layer import LayerPolicy
+from ..errors import ErrorRenderer, IdentityError
+from ..identity import require_identity
+
+IDENTITY_REQUIRED_MESSAGE = "This API key requires identity context."
+MISSING_CREDENTIALS_MESSAGE = (
+    "No credentials: send a bearer token in the Authorization header or an API key."
+)
+
+
+class EnforceIdentity:
+    """Refuse requests that name no person: 403 for a bare API key, 401 for no credentials.
+
+    `required` is the global setting; an API key's own `enforce_identity` (True or False) wins
+    for requests made with that key.
+    """
+
+    __slots__ = ("_identity_required", "_missing_credentials", "app", "policy", "required")
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        required: bool = True,
+        mode: str = "enforce",
+        exclude_paths: Iterable[str] = (),
+        allow_preflight: bool = True,
+        renderer: ErrorRenderer | None = None,
+    ) -> None:
+        if not isinstance(required, bool):
+            raise TypeError(f"EnforceIdentity: required must be True or False, not {required!r}")
+        self.app = app
+        self.required = required
+        self.policy = LayerPolicy(
+            "EnforceIdentity",
+            mode=mode,
+            exclude_paths=exclude_paths,
+            allow_preflight=allow_preflight,
+            renderer=renderer,
+        )
+        # Built once: the messages are fixed, and a rejection should cost no more than a pass.
+        self._identity_required = IdentityError(
+            "identity_required",
+            IDENTITY_REQUIRED_MESSAGE,
+            detail="API key without a person (no JWT, no trusted identity header)",
+        )
+        self._missing_credentials = IdentityError(
+            "missing_credentials",
+            MISSING_CREDENTIALS_MESSAGE,
+            detail="anonymous request where identity is required",
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket") or self.policy.skips(scope):
+            await self.app(scope, receive, send)
+            return
+        identity = require_identity(scope, "EnforceIdentity")
+        if not identity.has_user:
+            key = identity.api_key
+            required = self.required
+            if key is not None and key.enforce_identity is not None:
+                required = key.enforce_identity
+            if required:
+                error = (
+                    self._missing_credentials
+                    if identity.source == "anonymous"
+                    else self._identity_required
+                )
+                if await self.policy.refuse(error, scope, receive, send):
+                    return
+        await self.app(scope, receive, send)
