@@ -1,0 +1,211 @@
+"""RoutePolicy: may this identity send this request, on this route, to this model?"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Final, NamedTuple
+
+from .. import audit
+from .._asgi import ASGIApp, Message, Receive, Scope, Send
+from .._body import DEFAULT_MAX_BODY, peek_json
+from .._layer import LayerPolicy
+from .._rules import (
+    DEFAULT_RULE_ID,
+    CompiledPolicy,
+    CompiledRule,
+    PolicyFileError,
+    Rule,
+    load_policy_file,
+)
+from ..errors import ErrorRenderer, IdentityError
+from ..identity import Identity, require_identity
+
+__all__ = ["PolicyDecision", "PolicyFileError", "RoutePolicy", "Rule"]
+
+LAYER: Final = "RoutePolicy"
+
+
+class PolicyDecision(NamedTuple):
+    rule_id: str
+    allowed: bool
+    version: str | None
+
+
+class RoutePolicy:
+    """Allow or refuse each request by ordered rules over the identity, the route and the model.
+
+    The first rule whose conditions all hold decides; when none does, `default` decides.
+    """
+
+    __slots__ = (
+        "_allow_details",
+        "_default_allow",
+        "_default_error",
+        "_errors",
+        "_too_large",
+        "app",
+        "default",
+        "max_body",
+        "policy",
+        "rules",
+        "version",
+    )
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        rules: Sequence[Rule] | None = None,
+        rules_file: str | Path | None = None,
+        default: str | None = None,
+        version: str | None = None,
+        mode: str = "enforce",
+        exclude_paths: Iterable[str] = (),
+        allow_preflight: bool = True,
+        max_body: int = DEFAULT_MAX_BODY,
+        renderer: ErrorRenderer | None = None,
+    ) -> None:
+        if (rules is None) == (rules_file is None):
+            raise TypeError(f"{LAYER}: pass exactly one of rules=[...] or rules_file='...'")
+        file_version: str | None = None
+        file_default: str | None = None
+        if rules_file is not None:
+            document = load_policy_file(rules_file)
+            rule_list: Sequence[Rule] = document.rules
+            file_version, file_default = document.version, document.default
+        else:
+            if isinstance(rules, (str, bytes, Rule)) or not isinstance(rules, Sequence):
+                raise TypeError(f"{LAYER}: rules must be a list of Rule objects")
+            rule_list = rules
+        # Explicit keyword arguments override what the file says.
+        chosen_default = default if default is not None else (file_default or "deny")
+        if chosen_default not in ("allow", "deny"):
+            raise ValueError(f"{LAYER}: default must be 'allow' or 'deny', not {chosen_default!r}")
+        if version is not None and not isinstance(version, str):
+            raise TypeError(f"{LAYER}: version must be a string")
+        if isinstance(max_body, bool) or not isinstance(max_body, int) or max_body <= 0:
+            raise ValueError(f"{LAYER}: max_body must be a positive number of bytes")
+
+        self.app = app
+        self.rules = CompiledPolicy(rule_list)
+        self.default = chosen_default
+        self.version = version if version is not None else file_version
+        self.max_body = max_body
+        self.policy = LayerPolicy(
+            LAYER,
+            mode=mode,
+            exclude_paths=exclude_paths,
+            allow_preflight=allow_preflight,
+            renderer=renderer,
+        )
+        # Refusals are built once per rule: they depend only on the rule, never on the request,
+        # so no part of the request (a secret in a header, the prompt) can leak into them.
+        suffix = f", policy version {self.version}" if self.version else ""
+        self._errors = {
+            rule.id: IdentityError(
+                "policy_denied",
+                _denial_message(rule.id, rule.message),
+                detail=f"rule {rule.id}{suffix}",
+            )
+            for rule in self.rules.rules
+            if rule.effect == "deny"
+        }
+        # Refusals reach the audit through LayerPolicy.refuse(); allowed requests are recorded
+        # here, with the rule and version that let them through.
+        self._allow_details = {
+            rule.id: f"rule {rule.id}{suffix}"
+            for rule in self.rules.rules
+            if rule.effect == "allow"
+        }
+        self._default_allow = f"no rule matched, default allow{suffix}"
+        self._default_error = IdentityError(
+            "policy_denied",
+            _denial_message(DEFAULT_RULE_ID, "No route policy rule allows this request."),
+            detail=f"no rule matched, default deny{suffix}",
+        )
+        self._too_large = IdentityError(
+            "request_too_large",
+            f"The request body is larger than the {max_body} bytes the route policy can inspect.",
+            detail=f"body over max_body={max_body} on a route with model rules{suffix}",
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket") or self.policy.skips(scope):
+            await self.app(scope, receive, send)
+            return
+        identity = require_identity(scope, LAYER)
+        method = scope["method"] if scope["type"] == "http" else "WEBSOCKET"
+        decided: CompiledRule | None = None
+        model_read = False
+        model: str | None = None
+        for rule in self.rules.matching(identity, method, scope["path"]):
+            if rule.model_patterns is not None:
+                if not model_read:
+                    model_read = True
+                    if scope["type"] == "http":
+                        model, receive, too_large = await self._read_model(scope, receive)
+                        # In observe mode an unreadable model is unknown: no model rule matches.
+                        if too_large and await self.policy.refuse(
+                            self._too_large, scope, receive, send
+                        ):
+                            return
+                if not rule.matches_model(model):
+                    continue
+            decided = rule
+            break
+
+        if decided is None:
+            allowed = self.default == "allow"
+            error = self._default_error
+        else:
+            allowed = decided.effect == "allow"
+            error = self._errors.get(decided.id, self._default_error)
+        if allowed:
+            detail = self._default_allow if decided is None else self._allow_details[decided.id]
+            audit.record_decision(scope, LAYER, "allow", None, identity, detail=detail)
+        elif await self.policy.refuse(error, scope, receive, send):
+            return
+        await self.app(scope, receive, send)
+
+    async def _read_model(self, scope: Scope, receive: Receive) -> tuple[str | None, Receive, bool]:
+        """The `model` of an OpenAI-style JSON body, a receive that replays it, and whether the
+        body was too large to look at."""
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = 0
+                if declared > self.max_body:
+                    return None, receive, True
+                break
+
+        seen = 0
+
+        async def counting() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+            return message
+
+        body, replay = await peek_json(counting, self.max_body)
+        if seen > self.max_body:
+            return None, replay, True
+        model = body.get("model") if isinstance(body, dict) else None
+        return (model if isinstance(model, str) else None), replay, False
+
+    def decide(
+        self, identity: Identity, method: str, path: str, model: str | None = None
+    ) -> PolicyDecision:
+        """What the policy decides for a request, without sending one (for tests and tooling)."""
+        for rule in self.rules.matching(identity, method.upper(), path):
+            if rule.matches_model(model):
+                return PolicyDecision(rule.id, rule.effect == "allow", self.version)
+        return PolicyDecision(DEFAULT_RULE_ID, self.default == "allow", self.version)
+
+
+def _denial_message(rule_id: str, message: str | None) -> str:
+    text = message or "This request is not allowed by the route policy."
+    return f"{text} (rule '{rule_id}')"

@@ -1,0 +1,916 @@
+from __future__ import annotations
+
+import fnmatch
+import json
+import random
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any, cast
+
+import httpx
+import pytest
+import uvicorn
+from fastapi import FastAPI, Request
+from litestar import Litestar, post
+from litestar import Request as LitestarRequest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from asgi_identity import Actor, Identity, MiddlewareOrderError, telemetry
+from asgi_identity._asgi import ASGIApp, Message, Receive, Scope, Send
+from asgi_identity.audit import configure_audit, shutdown_audit
+from asgi_identity.claims import ClaimMap
+from asgi_identity.identity import set_identity
+from asgi_identity.middleware import IdentityMiddleware
+from asgi_identity.middleware.policy import PolicyDecision, PolicyFileError, RoutePolicy, Rule
+from asgi_identity.testing import LocalIssuer
+from asgi_identity.tokens import JWTIssuer
+
+DATA = Path(__file__).parent / "data"
+SECRET_TOKEN = "Bearer sk-ai-very-secret-token"
+SECRET_PROMPT = "my password is hunter2"
+
+
+class Recorder:
+    """The app behind the policy: answers 200 with the exact body bytes it received."""
+
+    def __init__(self) -> None:
+        self.messages: list[Message] = []
+        self.identity: Identity | None = None
+        self.calls = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.calls += 1
+        self.identity = scope.get("identity")
+        if scope["type"] == "websocket":
+            await receive()
+            await send({"type": "websocket.accept"})
+            await send({"type": "websocket.close", "code": 1000})
+            return
+        body = b""
+        while True:
+            message = await receive()
+            self.messages.append(message)
+            body += message.get("body", b"")
+            if not message.get("more_body", False):
+                break
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": body})
+
+
+def with_identity(app: ASGIApp, identity: Identity | None) -> ASGIApp:
+    """Stands in for IdentityMiddleware: puts a hand-made identity in the scope."""
+
+    async def wrapper(scope: Scope, receive: Receive, send: Send) -> None:
+        if identity is not None and scope["type"] in ("http", "websocket"):
+            set_identity(scope, identity)
+        await app(scope, receive, send)
+
+    return wrapper
+
+
+IDENTITIES: dict[str, Identity] = {
+    "anonymous": Identity(source="anonymous"),
+    "free_user": Identity(
+        source="jwt", user_id="alice", roles=frozenset({"user"}), scopes=frozenset({"chat"}),
+        group="free",
+    ),
+    "pro_user": Identity(source="jwt", user_id="bob", scopes=frozenset({"chat"}), group="pro"),
+    "admin": Identity(source="jwt", user_id="carol", roles=frozenset({"admin"}), group="free"),
+    "agent_for_pro_delegated": Identity(
+        source="jwt", user_id="bob", scopes=frozenset({"ai:delegate"}), group="pro",
+        actor=Actor("agent-7", client_id="copilot"),
+    ),
+    "agent_for_pro_undelegated": Identity(
+        source="jwt", user_id="bob", scopes=frozenset({"chat"}), group="pro",
+        actor=Actor("agent-7", client_id="copilot"),
+    ),
+    "agent_for_free_delegated": Identity(
+        source="jwt", user_id="alice", scopes=frozenset({"ai:delegate"}), group="free",
+        actor=Actor("agent-9", actor=Actor("orchestrator")),
+    ),
+    "acme_key": Identity(source="api_key", client_id="batch-app", tenant="acme"),
+    "globex_key": Identity(source="api_key", client_id="other-app", tenant="globex"),
+}  # fmt: skip
+
+# identity, method, path, model (None: no body), the deciding rule, the status the client sees
+TABLE = [
+    ("anonymous", "GET", "/health", None, "health", 200),
+    ("agent_for_pro_undelegated", "GET", "/health", None, "health", 200),
+    ("free_user", "POST", "/v1/chat/completions", "gpt-3.5-turbo", "chat", 200),
+    ("free_user", "POST", "/v1/chat/completions", "gpt-4o-mini", "premium-models", 403),
+    ("free_user", "POST", "/v1/chat/completions", "GPT-4O", "premium-models", 403),
+    ("free_user", "POST", "/v1//chat/completions/", "o1-preview", "premium-models", 403),
+    ("pro_user", "POST", "/v1/chat/completions", "gpt-4o-mini", "premium-models-pro-tier", 200),
+    ("pro_user", "POST", "/v1/responses", "o1", "premium-models-pro-tier", 200),
+    ("pro_user", "POST", "/v1/embeddings", "gpt-4o", "premium-models", 403),
+    ("pro_user", "POST", "/v1/chat/completions", "", "chat", 200),
+    ("agent_for_pro_delegated", "POST", "/v1/chat/completions", "gpt-4o", "premium-models-pro-tier", 200),
+    ("agent_for_pro_undelegated", "POST", "/v1/chat/completions", "gpt-3.5-turbo", "agents-need-delegation", 403),
+    ("agent_for_free_delegated", "POST", "/v1/chat/completions", "o1-mini", "premium-models", 403),
+    ("agent_for_free_delegated", "POST", "/v1/chat/completions", "gpt-3.5-turbo", "chat", 200),
+    ("admin", "GET", "/admin/users", None, "admins", 200),
+    ("admin", "DELETE", "/admin/users/42", None, "admins", 200),
+    ("free_user", "GET", "/admin/users", None, "admin-only", 403),
+    ("free_user", "GET", "/admin", None, "default", 403),
+    ("admin", "POST", "/v1/chat/completions", "gpt-3.5-turbo", "default", 403),
+    ("acme_key", "GET", "/v1/batches/b-1", None, "acme-batches", 200),
+    ("globex_key", "GET", "/v1/batches/b-1", None, "default", 403),
+    ("free_user", "GET", "/v1/batches/b-1", None, "default", 403),
+    ("acme_key", "GET", "/v1/models", None, "list-models", 200),
+    ("anonymous", "GET", "/v1/models/gpt-4o", None, "list-models", 200),
+    ("anonymous", "HEAD", "/v1/models", None, "list-models", 200),
+    ("free_user", "POST", "/v1/models", None, "default", 403),
+    ("anonymous", "POST", "/v1/chat/completions", "gpt-3.5-turbo", "default", 403),
+]  # fmt: skip
+
+
+@pytest.fixture(params=["policy.toml", "policy.json"])
+def policy_file(request: pytest.FixtureRequest) -> Path:
+    return DATA / str(request.param)
+
+
+async def call(
+    app: ASGIApp, method: str, path: str, *, json_body: Any = None, content: bytes | None = None
+) -> httpx.Response:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+        return await client.request(
+            method, path, json=json_body, content=content, headers={"Authorization": SECRET_TOKEN}
+        )
+
+
+@pytest.mark.parametrize(
+    ("who", "method", "path", "model", "rule_id", "status"),
+    TABLE,
+    ids=[f"{row[0]}-{row[1]}-{row[2]}-{row[3]}" for row in TABLE],
+)
+async def test_rule_table(
+    policy_file: Path,
+    who: str,
+    method: str,
+    path: str,
+    model: str | None,
+    rule_id: str,
+    status: int,
+) -> None:
+    recorder = Recorder()
+    policy = RoutePolicy(recorder, rules_file=policy_file)
+    app = with_identity(policy, IDENTITIES[who])
+    payload = None
+    if model is not None:
+        payload = {"model": model, "messages": [{"role": "user", "content": SECRET_PROMPT}]}
+        if model == "":
+            del payload["model"]
+
+    response = await call(app, method, path, json_body=payload)
+
+    assert response.status_code == status
+    assert policy.decide(IDENTITIES[who], method, path, model or None) == PolicyDecision(
+        rule_id, status == 200, "2025-06-01"
+    )
+    if status == 200:
+        assert recorder.identity is IDENTITIES[who]
+        if payload is not None and method != "HEAD":
+            assert json.loads(response.content) == payload
+        return
+    assert recorder.calls == 0
+    error = response.json()["error"]
+    assert error["code"] == "policy_denied"
+    assert error["type"] == "permission_error"
+    assert f"(rule '{rule_id}')" in error["message"]
+    assert "hunter2" not in response.text
+    assert "very-secret" not in response.text
+
+
+async def test_denial_shows_the_rule_message() -> None:
+    app = with_identity(
+        RoutePolicy(Recorder(), rules_file=DATA / "policy.toml"), IDENTITIES["free_user"]
+    )
+    response = await call(app, "POST", "/v1/chat/completions", json_body={"model": "gpt-4o"})
+    assert response.json() == {
+        "error": {
+            "message": "This model is available on the Pro tier. (rule 'premium-models')",
+            "type": "permission_error",
+            "code": "policy_denied",
+        }
+    }
+    assert response.headers["cache-control"] == "no-store"
+
+
+async def test_python_rules_decide_like_the_rule_file() -> None:
+    from_file = RoutePolicy(Recorder(), rules_file=DATA / "policy.toml")
+    rules = [compiled.rule for compiled in from_file.rules.rules]
+    from_code = RoutePolicy(Recorder(), rules=rules, version="2025-06-01")
+    for who, method, path, model, _, _ in TABLE:
+        identity = IDENTITIES[who]
+        assert from_code.decide(identity, method, path, model) == from_file.decide(
+            identity, method, path, model
+        )
+
+
+async def test_json_and_toml_files_hold_the_same_rules() -> None:
+    toml = RoutePolicy(Recorder(), rules_file=DATA / "policy.toml")
+    json_ = RoutePolicy(Recorder(), rules_file=DATA / "policy.json")
+    assert [r.rule for r in toml.rules.rules] == [r.rule for r in json_.rules.rules]
+    assert (toml.version, toml.default) == (json_.version, json_.default) == ("2025-06-01", "deny")
+
+
+@pytest.mark.parametrize(
+    ("default", "who", "status"),
+    [
+        ("allow", "free_user", 200),
+        ("allow", "agent_for_pro_undelegated", 403),
+        ("deny", "free_user", 403),
+    ],
+)
+async def test_default_decides_when_no_rule_matches(default: str, who: str, status: int) -> None:
+    rules = [Rule(id="no-agents", effect="deny", agent=True)]
+    app = with_identity(RoutePolicy(Recorder(), rules=rules, default=default), IDENTITIES[who])
+    response = await call(app, "GET", "/anything")
+    assert response.status_code == status
+
+
+async def test_keyword_arguments_override_the_file() -> None:
+    policy = RoutePolicy(
+        Recorder(), rules_file=DATA / "policy.toml", default="allow", version="git-abc123"
+    )
+    assert policy.decide(IDENTITIES["admin"], "GET", "/unknown") == PolicyDecision(
+        "default", True, "git-abc123"
+    )
+
+
+@pytest.mark.parametrize(
+    ("pattern", "path", "matches"),
+    [
+        ("/v1/chat/*", "/v1/chat/completions", True),
+        ("/v1/chat/*", "/v1/chat/a/b", True),
+        ("/v1/chat/*", "/v1/chat", False),
+        ("/v1/chat/*", "/v1/chatter/x", False),
+        ("/v1/*/jobs", "/v1/fine_tuning/jobs", True),
+        ("/v1/*/jobs", "/v1/a/b/jobs", False),
+        ("/v1/models/{model}", "/v1/models/gpt-4o", True),
+        ("/v1/models/{model}", "/v1/models", False),
+        ("/v1/models/{model}", "/v1/models/a/b", False),
+        ("/v1/models", "/v1/models/", True),
+        ("/v1/models", "//v1//models", True),
+        ("/", "/", True),
+        ("/*", "/anything/at/all", True),
+        ("/*", "/", False),
+    ],
+)
+def test_path_patterns(pattern: str, path: str, matches: bool) -> None:
+    policy = RoutePolicy(Recorder(), rules=[Rule(id="r", paths=[pattern])])
+    assert policy.decide(IDENTITIES["anonymous"], "GET", path).allowed is matches
+
+
+def test_literal_and_wildcard_rules_keep_their_order() -> None:
+    rules = [
+        Rule(id="any-v1", effect="deny", paths=["/v1/*"], groups=["free"]),
+        Rule(id="exact", paths=["/v1/models"]),
+        Rule(id="param", effect="deny", paths=["/v1/{name}"]),
+    ]
+    policy = RoutePolicy(Recorder(), rules=rules)
+    assert policy.decide(IDENTITIES["free_user"], "GET", "/v1/models").rule_id == "any-v1"
+    assert policy.decide(IDENTITIES["pro_user"], "GET", "/v1/models").rule_id == "exact"
+    assert policy.decide(IDENTITIES["pro_user"], "GET", "/v1/files").rule_id == "param"
+
+
+def test_a_thousand_rules_still_pick_the_first_match() -> None:
+    rules = [
+        Rule(id=f"tenant-{i}", paths=[f"/t/{i}/*"], tenants=[f"t{i}"], methods=["POST"])
+        for i in range(1000)
+    ]
+    rules.append(Rule(id="late-catch-all", effect="deny", paths=["/t/*"]))
+    policy = RoutePolicy(Recorder(), rules=rules)
+    tenant = Identity(source="jwt", user_id="u", tenant="t999")
+    assert policy.decide(tenant, "POST", "/t/999/chat").rule_id == "tenant-999"
+    assert policy.decide(tenant, "POST", "/t/998/chat").rule_id == "late-catch-all"
+    assert [r.id for r in policy.rules.matching(tenant, "POST", "/t/5/x")] == ["late-catch-all"]
+
+
+def _naive_path_match(pattern: str, path: str) -> bool:
+    want = [s for s in pattern.split("/") if s]
+    have = [s for s in path.split("/") if s]
+    if want and want[-1] == "*":
+        head = want[:-1]
+        return len(have) > len(head) and all(
+            w in ("*", have[i]) or w.startswith("{") for i, w in enumerate(head)
+        )
+    return len(want) == len(have) and all(
+        w in ("*", h) or w.startswith("{") for w, h in zip(want, have, strict=True)
+    )
+
+
+def _naive_decide(
+    rules: list[Rule], default: str, identity: Identity, method: str, path: str, model: str | None
+) -> str:
+    """First match by reading every rule, as the docs describe it: the index must agree."""
+    for rule in rules:
+        methods = set(rule.methods) | ({"HEAD"} if "GET" in rule.methods else set())
+        if methods and method not in methods:
+            continue
+        if rule.paths and not any(_naive_path_match(p, path) for p in rule.paths):
+            continue
+        if rule.models and (
+            model is None
+            or not any(fnmatch.fnmatchcase(model.lower(), m.lower()) for m in rule.models)
+        ):
+            continue
+        checks = [
+            not rule.roles or bool(set(rule.roles) & identity.roles),
+            not rule.scopes or bool(set(rule.scopes) & identity.scopes),
+            not rule.groups or identity.group in rule.groups,
+            not rule.tenants or identity.tenant in rule.tenants,
+            not rule.sources or identity.source in rule.sources,
+            not rule.users or identity.user_id in rule.users,
+            not rule.clients or identity.client_id in rule.clients,
+            not (set(rule.without_roles) & identity.roles),
+            not (set(rule.without_scopes) & identity.scopes),
+            identity.group not in rule.without_groups,
+            rule.agent is None or rule.agent == (identity.actor is not None),
+        ]
+        if all(checks):
+            return rule.id
+    return "default"
+
+
+def test_indexed_evaluation_agrees_with_reading_every_rule() -> None:
+    rng = random.Random(9)
+    values = {
+        "roles": ["admin", "user", "ops"], "scopes": ["chat", "files", "ai:delegate"],
+        "groups": ["free", "pro", "enterprise"], "tenants": ["acme", "globex"],
+        "sources": ["jwt", "api_key", "anonymous"], "users": ["alice", "bob"],
+        "clients": ["app-1", "app-2"], "without_roles": ["admin"],
+        "without_scopes": ["ai:delegate"], "without_groups": ["free"],
+    }  # fmt: skip
+    patterns = [
+        "/v1/chat/*",
+        "/v1/chat/completions",
+        "/v1/*/jobs",
+        "/v1/models/{model}",
+        "/admin/*",
+        "/",
+        "/*",
+    ]
+    rules: list[Rule] = []
+    for i in range(400):
+        fields: dict[str, Any] = {
+            name: rng.sample(options, rng.randint(1, min(2, len(options))))
+            for name, options in values.items()
+            if rng.random() < 0.35
+        }
+        if rng.random() < 0.7:
+            fields["paths"] = rng.sample(patterns, rng.randint(1, 2))
+        if rng.random() < 0.3:
+            fields["methods"] = rng.sample(["GET", "POST", "DELETE"], 1)
+        if rng.random() < 0.2:
+            fields["models"] = rng.sample(["gpt-4o*", "o1", "claude-*"], 1)
+        if rng.random() < 0.1:
+            fields["agent"] = rng.random() < 0.5
+        rules.append(Rule(id=f"r{i}", effect=rng.choice(["allow", "deny"]), **fields))
+    policy = RoutePolicy(Recorder(), rules=rules)
+    paths = [
+        "/v1/chat/completions",
+        "/v1/chat/a/b",
+        "/v1/fine_tuning/jobs",
+        "/v1/models/o1",
+        "/admin/x",
+        "/",
+        "/v2",
+    ]
+    decided: list[str] = []
+    for _ in range(3000):
+        identity = Identity(
+            source=rng.choice(["jwt", "api_key", "anonymous", "header"]),
+            user_id=rng.choice(["alice", "bob", None]),
+            client_id=rng.choice(["app-1", "app-2", None]),
+            tenant=rng.choice(["acme", "globex", None]),
+            group=rng.choice(["free", "pro", "enterprise", None]),
+            roles=frozenset(rng.sample(values["roles"], rng.randint(0, 2))),
+            scopes=frozenset(rng.sample(values["scopes"], rng.randint(0, 2))),
+            actor=Actor("agent") if rng.random() < 0.3 else None,
+        )
+        method, path = rng.choice(["GET", "HEAD", "POST", "DELETE"]), rng.choice(paths)
+        model = rng.choice(["gpt-4o-mini", "O1", "claude-3", None])
+        decided.append(policy.decide(identity, method, path, model).rule_id)
+        assert decided[-1] == _naive_decide(rules, "deny", identity, method, path, model), (
+            identity,
+            method,
+            path,
+            model,
+        )
+    # The sample must exercise the index, not only the default.
+    assert len(set(decided)) > 50
+    assert decided.count("default") < len(decided) / 2
+
+
+# --------------------------------------------------------------------------- request bodies
+
+
+async def drive(app: ASGIApp, scope: Scope, messages: list[Message]) -> tuple[list[Message], int]:
+    """Call `app` directly with these request messages; the sent messages and receive calls."""
+    sent: list[Message] = []
+    pending = list(messages)
+    reads = 0
+
+    async def receive() -> Message:
+        nonlocal reads
+        reads += 1
+        return pending.pop(0) if pending else {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    return sent, reads
+
+
+def http_scope(
+    path: str = "/v1/chat/completions", headers: list[tuple[bytes, bytes]] | None = None
+) -> Scope:
+    return {
+        "type": "http", "method": "POST", "path": path, "raw_path": path.encode(),
+        "query_string": b"", "headers": headers or [], "asgi": {"version": "3.0"},
+    }  # fmt: skip
+
+
+async def test_chunked_body_reaches_the_app_exactly_as_sent() -> None:
+    chunks = [b'{"model":', b' "gpt-4o-mi', b'ni", "messages": []', b"}"]
+    messages: list[Message] = [
+        {"type": "http.request", "body": chunk, "more_body": i < len(chunks) - 1}
+        for i, chunk in enumerate(chunks)
+    ]
+    recorder = Recorder()
+    app = with_identity(
+        RoutePolicy(recorder, rules_file=DATA / "policy.toml"), IDENTITIES["pro_user"]
+    )
+    sent, _ = await drive(app, http_scope(), [dict(m) for m in messages])
+    assert sent[0]["status"] == 200
+    assert recorder.messages == messages
+    assert sent[1]["body"] == b"".join(chunks)
+
+
+async def test_chunked_body_for_a_denied_model_is_refused() -> None:
+    chunks = [b'{"model":', b' "gpt-4o-mini"}']
+    messages: list[Message] = [
+        {"type": "http.request", "body": chunks[0], "more_body": True},
+        {"type": "http.request", "body": chunks[1], "more_body": False},
+    ]
+    recorder = Recorder()
+    app = with_identity(
+        RoutePolicy(recorder, rules_file=DATA / "policy.toml"), IDENTITIES["free_user"]
+    )
+    sent, _ = await drive(app, http_scope(), messages)
+    assert sent[0]["status"] == 403
+    assert recorder.calls == 0
+
+
+async def test_body_is_not_read_when_no_rule_looks_at_the_model() -> None:
+    reads_when_app_started: list[int] = []
+    reads = 0
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        reads_when_app_started.append(reads)
+        message = await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": message["body"]})
+
+    async def receive() -> Message:
+        nonlocal reads
+        reads += 1
+        return {"type": "http.request", "body": b'{"model": "gpt-4o"}'}
+
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    rules = [
+        Rule(id="chat", paths=["/v1/chat/*"]),
+        Rule(id="models", models=["gpt-4o"], paths=["/v1/responses"]),
+    ]
+    policy = with_identity(RoutePolicy(app, rules=rules), IDENTITIES["free_user"])
+    await policy(http_scope(), receive, send)
+    assert reads_when_app_started == [0]
+    assert sent[1]["body"] == b'{"model": "gpt-4o"}'
+
+
+async def test_body_is_not_read_when_the_identity_already_rules_out_model_rules() -> None:
+    recorder = Recorder()
+    rules = [Rule(id="pro-models", models=["gpt-4o"], groups=["pro"])]
+    app = with_identity(RoutePolicy(recorder, rules=rules), IDENTITIES["free_user"])
+    sent, reads = await drive(app, http_scope(), [{"type": "http.request", "body": b"{}"}])
+    assert sent[0]["status"] == 403
+    assert reads == 0
+
+
+@pytest.mark.parametrize("body", [b"not json", b"[1, 2]", b'{"model": 42}', b""])
+async def test_a_body_without_a_model_matches_no_model_rule(body: bytes) -> None:
+    recorder = Recorder()
+    rules = [Rule(id="no-gpt-4o", effect="deny", models=["*"])]
+    app = with_identity(
+        RoutePolicy(recorder, rules=rules, default="allow"), IDENTITIES["free_user"]
+    )
+    sent, _ = await drive(app, http_scope(), [{"type": "http.request", "body": body}])
+    assert sent[0]["status"] == 200
+    assert sent[1]["body"] == body
+
+
+async def test_oversized_body_by_content_length_is_413_without_reading_it() -> None:
+    recorder = Recorder()
+    app = with_identity(
+        RoutePolicy(recorder, rules_file=DATA / "policy.toml", max_body=64),
+        IDENTITIES["pro_user"],
+    )
+    scope = http_scope(headers=[(b"content-length", b"100000")])
+    sent, reads = await drive(app, scope, [{"type": "http.request", "body": b"x" * 100000}])
+    assert sent[0]["status"] == 413
+    assert json.loads(sent[1]["body"])["error"]["code"] == "request_too_large"
+    assert reads == 0
+    assert recorder.calls == 0
+
+
+async def test_oversized_chunked_body_is_413() -> None:
+    recorder = Recorder()
+    app = with_identity(
+        RoutePolicy(recorder, rules_file=DATA / "policy.toml", max_body=64),
+        IDENTITIES["free_user"],
+    )
+    padding = b" " * 100
+    messages: list[Message] = [
+        {"type": "http.request", "body": b'{"model": "gpt-4o",', "more_body": True},
+        {"type": "http.request", "body": padding, "more_body": True},
+        {"type": "http.request", "body": b"}", "more_body": False},
+    ]
+    sent, _ = await drive(app, http_scope(), messages)
+    assert sent[0]["status"] == 413
+    assert recorder.calls == 0
+
+
+async def test_oversized_body_passes_whole_in_observe_mode() -> None:
+    recorder = Recorder()
+    app = with_identity(
+        RoutePolicy(recorder, rules_file=DATA / "policy.toml", max_body=64, mode="observe"),
+        IDENTITIES["pro_user"],
+    )
+    messages: list[Message] = [
+        {"type": "http.request", "body": b'{"model": "gpt-3.5-turbo",', "more_body": True},
+        {"type": "http.request", "body": b" " * 100, "more_body": True},
+        {"type": "http.request", "body": b"}", "more_body": False},
+    ]
+    sent, _ = await drive(app, http_scope(), [dict(m) for m in messages])
+    assert sent[0]["status"] == 200
+    assert recorder.messages == messages
+
+
+async def test_small_body_under_a_large_limit_is_read_whole() -> None:
+    recorder = Recorder()
+    app = with_identity(
+        RoutePolicy(recorder, rules_file=DATA / "policy.toml"), IDENTITIES["free_user"]
+    )
+    body = json.dumps({"model": "gpt-4o", "messages": [{"content": "x" * 50_000}]}).encode()
+    scope = http_scope(headers=[(b"content-length", str(len(body)).encode())])
+    sent, _ = await drive(app, scope, [{"type": "http.request", "body": body}])
+    assert sent[0]["status"] == 403
+
+
+# --------------------------------------------------------------------------- modes and scope types
+
+
+async def test_observe_mode_lets_a_denied_request_through_and_records_it() -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    recorder = Recorder()
+    app = with_identity(
+        RoutePolicy(recorder, rules_file=DATA / "policy.toml", mode="observe"),
+        IDENTITIES["free_user"],
+    )
+    body = b'{"model": "gpt-4o"}'
+    with provider.get_tracer("test").start_as_current_span("request"):
+        sent, _ = await drive(app, http_scope(), [{"type": "http.request", "body": body}])
+    assert sent[0]["status"] == 200
+    assert sent[1]["body"] == body
+    (span,) = exporter.get_finished_spans()
+    events = [(e.name, dict(e.attributes or {})) for e in span.events]
+    assert (
+        telemetry.EVENT_OBSERVED,
+        {
+            telemetry.ATTR_LAYER: "RoutePolicy",
+            telemetry.ATTR_ERROR_TYPE: "policy_denied",
+            telemetry.ATTR_DETAIL: "rule premium-models, policy version 2025-06-01",
+        },
+    ) in events
+
+
+async def test_refusal_is_recorded_on_the_span() -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    app = with_identity(
+        RoutePolicy(Recorder(), rules_file=DATA / "policy.toml"), IDENTITIES["free_user"]
+    )
+    with provider.get_tracer("test").start_as_current_span("request"):
+        sent, _ = await drive(app, http_scope("/admin/users"), [])
+    assert sent[0]["status"] == 403
+    (span,) = exporter.get_finished_spans()
+    assert span.status.description == "policy_denied"
+    (event,) = [e for e in span.events if e.name == telemetry.EVENT_REJECTED]
+    assert dict(event.attributes or {})[telemetry.ATTR_DETAIL] == (
+        "rule admin-only, policy version 2025-06-01"
+    )
+
+
+async def test_every_decision_is_audited_with_rule_and_policy_version(tmp_path: Path) -> None:
+    audit_file = configure_audit(path=tmp_path / "audit.jsonl", key="k" * 32, emit="none")
+    assert audit_file is not None
+    try:
+        policy = RoutePolicy(Recorder(), rules_file=DATA / "policy.toml")
+        for who, path, model in [
+            ("pro_user", "/v1/chat/completions", "gpt-4o"),
+            ("free_user", "/v1/chat/completions", "gpt-4o"),
+            ("admin", "/v1/unknown", "x"),
+        ]:
+            body = json.dumps({"model": model, "messages": [SECRET_PROMPT]}).encode()
+            await drive(
+                with_identity(policy, IDENTITIES[who]),
+                http_scope(path),
+                [{"type": "http.request", "body": body}],
+            )
+        assert audit_file.flush()
+        lines = (tmp_path / "audit.jsonl").read_text().splitlines()
+    finally:
+        shutdown_audit()
+    records = [json.loads(line) for line in lines]
+    seen = [
+        (r["user_id"], r["outcome"], r.get("reason"), r["detail"], r["path"])
+        for r in records
+        if r["layer"] == "RoutePolicy"
+    ]
+    assert seen == [
+        ("bob", "allow", None, "rule premium-models-pro-tier, policy version 2025-06-01", "/v1/chat/completions"),
+        ("alice", "deny", "policy_denied", "rule premium-models, policy version 2025-06-01", "/v1/chat/completions"),
+        ("carol", "deny", "policy_denied", "no rule matched, default deny, policy version 2025-06-01", "/v1/unknown"),
+    ]  # fmt: skip
+    assert "hunter2" not in "\n".join(lines)
+
+
+async def test_excluded_paths_skip_the_policy() -> None:
+    recorder = Recorder()
+    app = with_identity(
+        RoutePolicy(recorder, rules=[], exclude_paths=["/metrics"]), IDENTITIES["anonymous"]
+    )
+    assert (await call(app, "GET", "/metrics")).status_code == 200
+    assert (await call(app, "GET", "/other")).status_code == 403
+
+
+async def test_websocket_is_judged_by_path_and_refused_before_accept() -> None:
+    rules = [Rule(id="realtime-pro", methods=["WEBSOCKET"], paths=["/v1/realtime"], groups=["pro"])]
+    for who, expected in (("pro_user", "websocket.accept"), ("free_user", "websocket.close")):
+        recorder = Recorder()
+        app = with_identity(RoutePolicy(recorder, rules=rules), IDENTITIES[who])
+        scope = {"type": "websocket", "path": "/v1/realtime", "headers": [], "query_string": b""}
+        sent, _ = await drive(app, scope, [{"type": "websocket.connect"}])
+        assert sent[0]["type"] == expected
+        if expected == "websocket.close":
+            assert sent[0]["code"] == 1008
+            assert recorder.calls == 0
+
+
+async def test_lifespan_passes_through_without_identity() -> None:
+    seen: list[str] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        seen.append(scope["type"])
+
+    await RoutePolicy(app, rules=[])({"type": "lifespan"}, _never, _never_send)
+    assert seen == ["lifespan"]
+
+
+async def _never() -> Message:
+    raise AssertionError("not expected to receive")
+
+
+async def _never_send(message: Message) -> None:
+    raise AssertionError("not expected to send")
+
+
+async def test_missing_identity_middleware_fails_loudly() -> None:
+    with pytest.raises(MiddlewareOrderError, match="RoutePolicy"):
+        await RoutePolicy(Recorder(), rules=[])(http_scope(), _never, _never_send)
+
+
+# --------------------------------------------------------------------------- real frameworks
+
+
+async def test_fastapi_handler_reads_the_replayed_json_body() -> None:
+    api = FastAPI()
+
+    @api.post("/v1/chat/completions")
+    async def chat(request: Request) -> dict[str, Any]:
+        body = await request.json()
+        return {"model": body["model"], "user": request.state.identity.user_id}
+
+    app = with_identity(RoutePolicy(api, rules_file=DATA / "policy.toml"), IDENTITIES["pro_user"])
+    response = await call(app, "POST", "/v1/chat/completions", json_body={"model": "gpt-4o"})
+    assert response.json() == {"model": "gpt-4o", "user": "bob"}
+    response = await call(
+        with_identity(RoutePolicy(api, rules_file=DATA / "policy.toml"), IDENTITIES["free_user"]),
+        "POST", "/v1/chat/completions", json_body={"model": "gpt-4o"},
+    )  # fmt: skip
+    assert response.status_code == 403
+
+
+async def test_litestar_handler_reads_the_replayed_json_body() -> None:
+    @post("/v1/chat/completions")
+    async def chat(request: LitestarRequest[Any, Any, Any]) -> dict[str, Any]:
+        body = await request.json()
+        return {"model": body["model"]}
+
+    api = cast(ASGIApp, Litestar([chat]))
+    app = with_identity(RoutePolicy(api, rules_file=DATA / "policy.toml"), IDENTITIES["pro_user"])
+    response = await call(app, "POST", "/v1/chat/completions", json_body={"model": "o1"})
+    assert response.status_code == 201
+    assert response.json() == {"model": "o1"}
+
+
+# --------------------------------------------------------------------------- configuration errors
+
+
+BAD_FILES = [
+    ("bad.toml", 'version = "1"\n\n[[rules]]\nid = "a"\npaths = ["/x"\n', "not valid TOML", 5),
+    ("bad.toml", '[[rules]]\nid = "a"\nroles = [admin]\n', "not valid TOML", 3),
+    ("bad.json", '{\n  "rules": [\n    {"id": "a",}\n  ]\n}\n', "not valid JSON", 3),
+    ("bad.toml", '[[rules]]\nid = "a"\n\n[[rules]]\nid = "b"\neffect = "block"\n', "rule 2 ('b'): effect must be 'allow' or 'deny'", 4),
+    ("bad.toml", '[[rules]]\nid = "a"\npaths = ["/v1/chat*"]\n', "segment 'chat*' is not supported", 1),
+    ("bad.toml", '[[rules]]\nid = "a"\npaths = ["v1/chat"]\n', "must start with '/'", 1),
+    ("bad.toml", '[[rules]]\nid = "a"\nroles = "admin"\n', "roles must be a list of strings", 1),
+    ("bad.toml", '[[rules]]\nid = "a"\nmethods = ["FETCH"]\n', "unknown method(s) ['FETCH']", 1),
+    ("bad.toml", '[[rules]]\nid = "a"\nsources = ["oauth"]\n', "unknown source(s) ['oauth']", 1),
+    ("bad.toml", '[[rules]]\nid = "a"\nagent = "yes"\n', "agent must be true, false or absent", 1),
+    ("bad.toml", '[[rules]]\npaths = ["/x"]\n', "every rule needs an `id`", 1),
+    ("bad.toml", '[[rules]]\nid = "has space"\n', "rule id 'has space' must be", 1),
+    ("bad.toml", '[[rules]]\nid = "default"\n', "reserved", 1),
+    ("bad.toml", '[[rules]]\nid = "a"\n\n[[rules]]\nid = "a"\n', "rule id 'a' is used by rules 0 and 1", None),
+    ("bad.toml", '[[rule]]\nid = "a"\n', "unknown top-level key(s) ['rule']", None),
+    ("bad.toml", 'default = "block"\nrules = []\n', "default must be 'allow' or 'deny'", None),
+    ("bad.toml", 'version = "1"\n', "must have a `rules` list", None),
+    ("bad.json", '[{"id": "a"}]', "must hold a table/object", None),
+    ("bad.json", '{"rules": [\n  {"id": "x"},\n  {"id": "y", "model": ["gpt-4o"]}\n]}', "unknown field(s) 'model' (did you mean 'models'?)", 3),
+    ("bad.yaml", "rules: []\n", "must end in .toml or .json", None),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "text", "reason", "line"), BAD_FILES)
+def test_bad_rule_file_fails_at_start_up_with_the_line(
+    tmp_path: Path, name: str, text: str, reason: str, line: int | None
+) -> None:
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(PolicyFileError) as caught:
+        RoutePolicy(Recorder(), rules_file=path)
+    assert reason in str(caught.value)
+    assert caught.value.line == line
+    assert str(caught.value).startswith(str(path) + (f", line {line}" if line else ""))
+
+
+def test_bad_rule_file_in_the_repository_names_the_rule_and_line() -> None:
+    with pytest.raises(
+        PolicyFileError,
+        match=r"line 12: rule 3 \('admins'\): unknown field\(s\) 'role' \(did you mean 'roles'\?\)",
+    ):
+        RoutePolicy(Recorder(), rules_file=DATA / "policy_bad_rule.toml")
+
+
+def test_missing_rule_file_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(PolicyFileError, match="cannot read the rule file"):
+        RoutePolicy(Recorder(), rules_file=tmp_path / "absent.toml")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({}, TypeError, "exactly one of rules"),
+        ({"rules": [], "rules_file": "x.toml"}, TypeError, "exactly one of rules"),
+        ({"rules": Rule(id="a")}, TypeError, "list of Rule objects"),
+        ({"rules": ["a"]}, TypeError, r"rules\[0\] must be a Rule"),
+        ({"rules": [], "default": "block"}, ValueError, "default must be"),
+        ({"rules": [], "mode": "audit"}, ValueError, "mode must be"),
+        ({"rules": [], "max_body": 0}, ValueError, "max_body"),
+        ({"rules": [], "exclude_paths": "/health"}, TypeError, "exclude_paths"),
+    ],
+)
+def test_bad_options_fail_at_construction(
+    kwargs: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=message):
+        RoutePolicy(Recorder(), **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"roles": "admin"}, "roles must be a list"),
+        ({"models": [""]}, "non-empty strings"),
+        ({"effect": "permit"}, "effect must be"),
+        ({"methods": ["get", "YEET"]}, "unknown method"),
+    ],
+)
+def test_bad_python_rules_fail_when_written(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises((TypeError, ValueError), match=message):
+        Rule(id="r", **kwargs)
+
+
+def test_rule_normalizes_methods_and_keeps_path_order() -> None:
+    rule = Rule(id="r", methods=["post", "get"], paths=["/b", "/a"], roles=["x", "x"])
+    assert rule.methods == frozenset({"POST", "GET"})
+    assert rule.paths == ("/b", "/a")
+    assert rule.roles == frozenset({"x"})
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope="module")
+def gateway_url() -> Iterator[tuple[str, LocalIssuer]]:
+    """A FastAPI gateway behind IdentityMiddleware and RoutePolicy, served by real uvicorn."""
+    issuer = LocalIssuer(issuer="https://issuer.test", audience="gateway", algorithm="ES256")
+    api = FastAPI()
+
+    @api.post("/v1/chat/completions")
+    async def chat(request: Request) -> dict[str, Any]:
+        body = await request.body()
+        return {"bytes": len(body), "model": json.loads(body)["model"]}
+
+    with issuer.serve() as jwks:
+        api.add_middleware(RoutePolicy, rules_file=DATA / "policy.toml")
+        api.add_middleware(
+            IdentityMiddleware,
+            issuers=[
+                JWTIssuer(
+                    issuer="https://issuer.test",
+                    audience="gateway",
+                    jwks_url=jwks.jwks_url,
+                    claims=ClaimMap(group="tier"),
+                )
+            ],
+        )
+        config = uvicorn.Config(api, host="127.0.0.1", port=0, lifespan="on", log_level="warning")
+        server = uvicorn.Server(config)
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        # Waiting for the server to listen, bounded; not a timing assertion.
+        deadline = time.monotonic() + 20
+        while not server.started:
+            assert thread.is_alive(), "uvicorn exited during start-up"
+            assert time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.01)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        try:
+            yield f"http://127.0.0.1:{port}", issuer
+        finally:
+            server.should_exit = True
+            thread.join(20)
+
+
+@pytest.mark.parametrize(
+    ("claims", "model", "status", "rule_id"),
+    [
+        ({"tier": "pro", "scope": "chat"}, "gpt-4o", 200, None),
+        ({"tier": "free", "scope": "chat"}, "gpt-4o", 403, "premium-models"),
+        ({"tier": "free", "scope": "chat"}, "gpt-3.5-turbo", 200, None),
+        ({"tier": "pro", "scope": "chat", "act": {"sub": "agent-7"}}, "gpt-4o", 403, "agents-need-delegation"),
+        ({"tier": "pro", "scope": "ai:delegate", "act": {"sub": "agent-7"}}, "gpt-4o", 200, None),
+    ],
+)  # fmt: skip
+async def test_signed_tokens_through_uvicorn_with_a_chunked_body(
+    gateway_url: tuple[str, LocalIssuer],
+    claims: dict[str, Any],
+    model: str,
+    status: int,
+    rule_id: str | None,
+) -> None:
+    url, issuer = gateway_url
+    token = issuer.mint(sub="user-1", **claims)
+    body = json.dumps({"model": model, "messages": [{"content": SECRET_PROMPT * 500}]}).encode()
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for start in range(0, len(body), 1000):
+            yield body[start : start + 1000]
+
+    async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+        response = await client.post(
+            "/v1/chat/completions",
+            content=chunks(),
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        )
+    assert response.status_code == status
+    if status == 200:
+        assert response.json() == {"bytes": len(body), "model": model}
+    else:
+        assert f"(rule '{rule_id}')" in response.json()["error"]["message"]
+        assert token not in response.text
