@@ -1,0 +1,205 @@
+"""UserRateLimit's private parts: limit strings, bucket keys, client addresses and header values."""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+from collections.abc import Iterable, Mapping
+from functools import lru_cache
+from typing import Any
+from urllib.parse import quote
+
+from limits import RateLimitItem, parse_many
+
+from ._asgi import Scope
+from .identity import Identity
+
+#: Spelled in a limit string (or an API key's override) for "no limit at all".
+UNLIMITED = "unlimited"
+
+LimitSpec = str | None
+
+
+class Window:
+    """One window of a limit (`10/second`), with its name in the rate-limit headers."""
+
+    __slots__ = ("_key_head", "_key_tail", "amount", "item", "name", "remaining_head", "seconds")
+
+    def __init__(self, kind: str, item: RateLimitItem) -> None:
+        self.item = item
+        self.amount: int = item.amount
+        self.seconds: int = item.get_expiry()
+        unit = item.GRANULARITY.name
+        every = unit if item.multiples == 1 else f"{item.multiples}{unit}"
+        # e.g. "requests-minute", "tokens-day", "requests-10second"
+        self.name = f"{kind}-{every}"
+        # limits' own key around one identifier, split once so a request only concatenates.
+        self._key_head, self._key_tail = item.key_for("\x00").split("\x00")
+        self.remaining_head = f'"{self.name}";r='.encode()
+
+    def storage_key(self, identifier: str) -> str:
+        """The key limits' strategies use for `identifier` in this window (`item.key_for`)."""
+        return self._key_head + identifier + self._key_tail
+
+    def __repr__(self) -> str:
+        return f"Window({self.name!r}, {self.amount})"
+
+
+def parse_limit(spec: LimitSpec, kind: str, where: str) -> tuple[Window, ...] | None:
+    """Windows of `spec` (`"10/second;1000/day"`), shortest first; None means unlimited."""
+    if spec is None or (isinstance(spec, str) and spec.strip().lower() == UNLIMITED):
+        return None
+    if not isinstance(spec, str):
+        raise TypeError(f"UserRateLimit: {where} must be a limit string or None, not {spec!r}")
+    try:
+        items = parse_many(spec)
+    except ValueError:
+        raise ValueError(
+            f"UserRateLimit: {where} {spec!r} is not a limit; write e.g. '60/minute' or "
+            "'10/second;1000/day' (None or 'unlimited' for no limit)"
+        ) from None
+    windows = sorted((Window(kind, item) for item in items), key=lambda w: w.seconds)
+    names = [w.name for w in windows]
+    if len(set(names)) != len(names):
+        raise ValueError(f"UserRateLimit: {where} {spec!r} names the same window twice")
+    for window in windows:
+        if window.amount <= 0:
+            raise ValueError(f"UserRateLimit: {where} {spec!r} has a window of zero")
+    return tuple(windows)
+
+
+def parse_tiers(
+    tiers: Mapping[str, LimitSpec], kind: str, option: str
+) -> dict[str, tuple[Window, ...] | None]:
+    if not isinstance(tiers, Mapping):
+        raise TypeError(f"UserRateLimit: {option} must map a group name to a limit")
+    return {
+        str(group): parse_limit(spec, kind, f"{option}[{group!r}]") for group, spec in tiers.items()
+    }
+
+
+@lru_cache(maxsize=4096)
+def _part(value: str) -> str:
+    # Percent-encoding everything but unreserved characters makes the joined key injective:
+    # "/" never appears inside a part, so ("a/b",) and ("a", "b") stay apart.
+    return quote(value, safe="")
+
+
+def bucket_key(identity: Identity, address: str | None) -> tuple[str, ...] | None:
+    """The parts naming whose bucket a request counts against, None when nobody can be named.
+
+    Namespaced by identity source; JWT subjects also by issuer (two issuers may reuse a `sub`).
+    Emails are compared in lower case, as parse_email normalizes them.
+    """
+    source = identity.source
+    if source == "anonymous":
+        return None if address is None else ("anonymous", _part(address))
+    if source == "jwt" and identity.user_id is not None:
+        return ("jwt", _part(identity.issuer or ""), _part(identity.user_id))
+    if identity.user_id is not None:
+        return (source, "id", _part(identity.user_id))
+    if identity.email is not None:
+        return (source, "email", _part(identity.email.lower()))
+    if identity.client_id is not None:
+        return (source, "client", _part(identity.client_id))
+    return None
+
+
+class TrustedProxies:
+    """Peers whose X-Forwarded-For is believed, parsed once (addresses and networks)."""
+
+    __slots__ = ("_all", "_networks")
+
+    def __init__(self, proxies: Iterable[str]) -> None:
+        if isinstance(proxies, str):
+            raise TypeError("UserRateLimit: trusted_proxies must be a list of addresses")
+        self._all = False
+        networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+        for proxy in proxies:
+            if proxy == "*":
+                self._all = True
+                continue
+            try:
+                networks.append(ipaddress.ip_network(proxy.strip(), strict=False))
+            except ValueError:
+                raise ValueError(
+                    f"UserRateLimit: trusted proxy {proxy!r} is not an IP address or network"
+                ) from None
+        self._networks = tuple(networks)
+
+    def __bool__(self) -> bool:
+        return self._all or bool(self._networks)
+
+    def trusts(self, host: str) -> bool:
+        if self._all:
+            return True
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return any(address in network for network in self._networks)
+
+    def client_address(self, scope: Scope) -> str | None:
+        """The client's address: the peer, or, behind trusted proxies, the nearest untrusted hop."""
+        client = scope.get("client")
+        peer: str | None = client[0] if client else None
+        if peer is None or not self or not self.trusts(peer):
+            return peer
+        forwarded: list[str] = []
+        for name, value in scope["headers"]:
+            if name.lower() == b"x-forwarded-for":
+                forwarded.extend(hop.strip() for hop in value.decode("latin-1").split(","))
+        # Walk back from the hop nearest to us: the first address we do not trust is the client.
+        # Everything left of it was written by the client and proves nothing.
+        for hop in reversed(forwarded):
+            if not hop:
+                continue
+            if not self.trusts(hop):
+                return hop
+            peer = hop
+        return peer
+
+
+def per_window(window: Window) -> str:
+    """How a window reads in a message: "minute", "10 minutes"."""
+    unit = window.item.GRANULARITY.name
+    return unit if window.item.multiples == 1 else f"{window.item.multiples} {unit}s"
+
+
+def policy_header(windows: Iterable[Window]) -> bytes:
+    """`RateLimit-Policy` (IETF httpapi draft): `"requests-minute";q=60;w=60, ...`."""
+    return ", ".join(f'"{w.name}";q={w.amount};w={w.seconds}' for w in windows).encode()
+
+
+def seconds_until(reset: float, now: float) -> int:
+    return max(0, math.ceil(reset - now))
+
+
+def ratelimit_header(states: Iterable[tuple[Window, int, int]]) -> bytes:
+    """`RateLimit`: `"requests-minute";r=59;t=30, ...` from (window, remaining, seconds to reset)."""
+    return b", ".join(b"%s%d;t=%d" % (w.remaining_head, max(0, r), t) for w, r, t in states)
+
+
+#: Request fields that cap a completion's output, across the supported APIs.
+_OUTPUT_CAPS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+
+
+def requested_output_cap(body: Any) -> int | None:
+    """The output-token cap a request body asks for, None when it names none (or a bad one)."""
+    if not isinstance(body, Mapping):
+        return None
+    for field in _OUTPUT_CAPS:
+        value = body.get(field)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def content_length(scope: Scope) -> int:
+    for name, value in scope["headers"]:
+        if name.lower() == b"content-length":
+            try:
+                return max(0, int(value))
+            except ValueError:
+                return 0
+    return 0

@@ -1,0 +1,164 @@
+"""UserRateLimit's token ledger: reserve an estimate up front, settle the difference afterwards.
+
+Token budgets are fixed-window counters driven directly on the `limits` storage: settling means
+adding a (possibly negative) correction to a counter, which only a plain counter can take.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, NamedTuple
+
+from limits.aio.storage import Storage
+
+from ._asgi import Message, Scope, Send
+from ._ratelimit import Window, content_length, requested_output_cap, seconds_until
+from .identity import Identity
+from .usage import TokenUsage, UsageReader, reader_for
+
+BoundedCall = Callable[[Awaitable[Any]], Awaitable[Any]]
+
+
+class Reservation:
+    """Tokens set aside up front for one request, settled against its real usage afterwards."""
+
+    __slots__ = ("estimate", "identity", "parts", "reported", "resets", "settled", "windows")
+
+    def __init__(
+        self, identity: Identity, parts: tuple[str, ...], windows: tuple[Window, ...]
+    ) -> None:
+        self.identity = identity
+        self.parts = parts
+        self.windows = windows
+        self.estimate = 0
+        # When each window the reservation was made in ends: a refund after that is dropped.
+        self.resets: list[float] = []
+        self.reported: TokenUsage | None = None
+        self.settled = False
+
+
+class TokenRefusal(NamedTuple):
+    window: Window
+    estimate: int
+    left: int  # tokens left in the window before this request
+    retry: int  # seconds until the window frees up
+
+    @property
+    def spent(self) -> bool:
+        return self.left <= 0
+
+
+def estimate_tokens(body: Any, scope: Scope, default_output: int) -> int:
+    """The request's output cap (or the default) plus its input at about four bytes a token."""
+    return (requested_output_cap(body) or default_output) + content_length(scope) // 4
+
+
+class TokenLedger:
+    """Token counters on a `limits` storage, every call bounded by `call`."""
+
+    __slots__ = ("_call", "key_prefix", "storage")
+
+    def __init__(self, storage: Storage, call: BoundedCall, key_prefix: str) -> None:
+        self.storage = storage
+        self._call = call
+        self.key_prefix = key_prefix
+
+    def key(self, parts: tuple[str, ...], window: Window) -> str:
+        return "/".join((self.key_prefix, "tokens", *parts, str(window.seconds)))
+
+    async def _incr(self, key: str, window: Window, amount: int) -> int:
+        value: int = await self._call(self.storage.incr(key, window.seconds, amount=amount))
+        return value
+
+    async def reserve(
+        self,
+        reservation: Reservation,
+        estimate: int,
+        states: list[tuple[Window, int, int]],
+    ) -> TokenRefusal | None:
+        """Set `estimate` aside in every window, or in none and say which window refused."""
+        now = time.time()
+        charged: list[tuple[str, Window]] = []
+        for window in reservation.windows:
+            key = self.key(reservation.parts, window)
+            used = await self._incr(key, window, estimate)
+            charged.append((key, window))
+            reset: float = await self._call(self.storage.get_expiry(key))
+            retry = seconds_until(reset, now)
+            if used > window.amount:
+                # Put back what this request set aside everywhere: it is not admitted.
+                for undo_key, undo_window in charged:
+                    await self._incr(undo_key, undo_window, -estimate)
+                left = max(0, window.amount - (used - estimate))
+                states.append((window, left, retry))
+                # Nothing stays set aside; in observe mode the request still goes on and is
+                # charged what it really uses.
+                reservation.resets = [now] * len(reservation.windows)
+                return TokenRefusal(window, estimate, left, retry)
+            reservation.resets.append(reset)
+            states.append((window, window.amount - used, retry))
+        reservation.estimate = estimate
+        return None
+
+    async def settle(self, reservation: Reservation, charge: int) -> None:
+        """Correct the counters from the reservation to `charge`, the tokens really used."""
+        delta = charge - reservation.estimate
+        if delta == 0:
+            return
+        now = time.time()
+        for window, reset in zip(reservation.windows, reservation.resets, strict=True):
+            if delta < 0 and now >= reset:
+                continue  # the window the reservation was made in is over; it left with it
+            await self._incr(self.key(reservation.parts, window), window, delta)
+
+    async def charge(
+        self, parts: tuple[str, ...], windows: tuple[Window, ...], amount: int
+    ) -> None:
+        for window in windows:
+            await self._incr(self.key(parts, window), window, amount)
+
+    async def used(self, parts: tuple[str, ...], window: Window) -> tuple[int, float]:
+        """(tokens used, when the window ends) for one window."""
+        key = self.key(parts, window)
+        used = max(0, int(await self._call(self.storage.get(key))))
+        reset: float = await self._call(self.storage.get_expiry(key)) if used else time.time()
+        return used, reset
+
+
+class UsageMeter:
+    """Wraps `send` to read the response's usage as it passes, and decides what to charge."""
+
+    __slots__ = ("_extra", "_reader", "_send", "status")
+
+    def __init__(self, send: Send, extra: list[tuple[bytes, bytes]]) -> None:
+        self._send = send
+        self._extra = extra
+        self._reader: UsageReader | None = None
+        self.status = 0
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+            content_type = None
+            for name, value in message.get("headers", ()):
+                if name.lower() == b"content-type":
+                    content_type = value
+            self._reader = reader_for(content_type) if self.status < 400 else None
+            if self._extra:
+                message["headers"] = [*message.get("headers", ()), *self._extra]
+        elif message["type"] == "http.response.body" and self._reader is not None:
+            # Read as it passes: the chunk goes out right after, unchanged.
+            self._reader.feed(message.get("body", b""))
+        await self._send(message)
+
+    def outcome(self, reservation: Reservation) -> tuple[int, TokenUsage | None]:
+        """(tokens to charge, the usage seen or reported, if any)."""
+        found = reservation.reported
+        if found is None and self._reader is not None:
+            found = self._reader.result()
+        if found is not None:
+            return found.total_tokens, found
+        if self.status and self.status < 400:
+            return reservation.estimate, None  # no usage in the response: keep the estimate
+        return 0, None  # refused or failed upstream: nothing was generated

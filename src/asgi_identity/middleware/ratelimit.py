@@ -1,0 +1,575 @@
+"""UserRateLimit: per-user and per-tier limits in requests and LLM tokens, in memory or on Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
+from typing import Any, Literal, NamedTuple, TypeVar
+
+from limits.aio.storage import MemoryStorage, Storage
+from limits.aio.strategies import STRATEGIES, RateLimiter
+from limits.storage import storage_from_string
+
+from .. import telemetry
+from .._asgi import ASGIApp, Message, Receive, Scope, Send
+from .._body import DEFAULT_MAX_BODY, peek_json
+from .._headers import with_response_headers
+from .._layer import LayerPolicy
+from .._ratelimit import (
+    LimitSpec,
+    TrustedProxies,
+    Window,
+    bucket_key,
+    parse_limit,
+    parse_tiers,
+    per_window,
+    policy_header,
+    ratelimit_header,
+    seconds_until,
+)
+from .._token_quota import (
+    Reservation,
+    TokenLedger,
+    TokenRefusal,
+    UsageMeter,
+    estimate_tokens,
+)
+from ..errors import ErrorRenderer, IdentityError
+from ..identity import Identity, require_identity
+from ..usage import TokenUsage
+
+logger = logging.getLogger("asgi_identity")
+
+T = TypeVar("T")
+
+#: Where the limiter puts itself (`request.state.rate_limiter`) and the request's token reservation.
+STATE_KEY = "rate_limiter"
+_RESERVATION_KEY = "asgi_identity.token_reservation"
+
+_ANONYMOUS = ("by_address", "refuse", "unlimited")
+_ON_STORAGE_ERROR = ("open", "closed")
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+Windows = tuple[Window, ...] | None
+
+# Typed as factories: the mapping's value type is the abstract base class.
+_STRATEGIES: Mapping[str, Callable[[Storage], RateLimiter]] = STRATEGIES
+
+
+class WindowUsage(NamedTuple):
+    """Where one identity stands in one window (`await limiter.usage(identity)`)."""
+
+    kind: Literal["requests", "tokens"]
+    name: str
+    limit: int
+    used: int
+    remaining: int
+    reset: float  # Unix time at which the window frees up
+    window: int  # its length in seconds
+
+
+class RateLimitUnavailable(RuntimeError):
+    """The rate-limit storage did not answer within `storage_timeout` (or is in its cool-down)."""
+
+
+class UserRateLimit:
+    """Limits per verified identity and tier, in requests and LLM tokens (see docs/rate-limits.md)."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        limits: LimitSpec = "60/minute",
+        groups: Mapping[str, LimitSpec] | None = None,
+        tokens: LimitSpec = None,
+        group_tokens: Mapping[str, LimitSpec] | None = None,
+        storage: str | Storage = "async+memory://",
+        strategy: str = "fixed-window",
+        key_prefix: str = "asgi-identity",
+        anonymous: str = "by_address",
+        trusted_proxies: Iterable[str] = (),
+        on_storage_error: str = "open",
+        storage_timeout: float = 1.0,
+        storage_cooldown: float = 1.0,
+        default_max_tokens: int = 4096,
+        token_paths: Iterable[str] | None = None,
+        max_body: int = DEFAULT_MAX_BODY,
+        headers: bool = True,
+        mode: str = "enforce",
+        exclude_paths: Iterable[str] = (),
+        allow_preflight: bool = True,
+        renderer: ErrorRenderer | None = None,
+    ) -> None:
+        self.app = app
+        self.policy = LayerPolicy(
+            "UserRateLimit",
+            mode=mode,
+            exclude_paths=exclude_paths,
+            allow_preflight=allow_preflight,
+            renderer=renderer,
+        )
+        self._requests = parse_limit(limits, "requests", "limits")
+        self._group_requests = parse_tiers(groups or {}, "requests", "groups")
+        self._tokens = parse_limit(tokens, "tokens", "tokens")
+        self._group_tokens = parse_tiers(group_tokens or {}, "tokens", "group_tokens")
+        # API keys carry their own overrides as strings; each distinct one is parsed once.
+        self._overrides: dict[tuple[str, str], Windows] = {}
+        self._bad_overrides: set[tuple[str, str]] = set()
+
+        if strategy not in STRATEGIES:
+            raise ValueError(
+                f"UserRateLimit: strategy must be one of {sorted(STRATEGIES)}, not {strategy!r}"
+            )
+        built: object = storage
+        if isinstance(storage, str):
+            try:
+                built = storage_from_string(storage)
+            except Exception as exc:
+                raise ValueError(f"UserRateLimit: storage {storage!r}: {exc}") from None
+        if not isinstance(built, Storage):
+            raise TypeError(
+                "UserRateLimit: storage must be an async storage URI ('async+memory://', "
+                "'async+redis://host:6379') or a limits.aio.storage.Storage"
+            )
+        self.storage: Storage = built
+        # Memory storage answers without I/O; a timeout there would only cost a task per call.
+        self._in_process = isinstance(built, MemoryStorage)
+        try:
+            self._limiter: RateLimiter = _STRATEGIES[strategy](built)
+        except NotImplementedError:
+            raise ValueError(
+                f"UserRateLimit: the {strategy!r} strategy is not supported by "
+                f"{type(storage).__name__}"
+            ) from None
+        self.strategy = strategy
+        self._fixed = strategy == "fixed-window"
+
+        if not key_prefix or "/" in key_prefix:
+            raise ValueError("UserRateLimit: key_prefix must be a non-empty string without '/'")
+        self.key_prefix = key_prefix
+        if anonymous not in _ANONYMOUS:
+            raise ValueError(f"UserRateLimit: anonymous must be one of {_ANONYMOUS}")
+        self.anonymous = anonymous
+        self._proxies = TrustedProxies(trusted_proxies)
+        if on_storage_error not in _ON_STORAGE_ERROR:
+            raise ValueError("UserRateLimit: on_storage_error must be 'open' or 'closed'")
+        self.on_storage_error = on_storage_error
+        if not storage_timeout > 0 or storage_cooldown < 0:
+            raise ValueError("UserRateLimit: storage_timeout must be > 0, storage_cooldown >= 0")
+        self.storage_timeout = float(storage_timeout)
+        self.storage_cooldown = float(storage_cooldown)
+        if (
+            not isinstance(default_max_tokens, int)
+            or isinstance(default_max_tokens, bool)
+            or default_max_tokens < 0
+        ):
+            raise ValueError("UserRateLimit: default_max_tokens must be an integer >= 0")
+        self.default_max_tokens = default_max_tokens
+        if isinstance(token_paths, str):
+            raise TypeError("UserRateLimit: token_paths must be a list of paths, not a string")
+        paths = None if token_paths is None else tuple(token_paths)
+        self._token_exact = frozenset(p for p in paths or () if not p.endswith("/"))
+        self._token_prefixes = tuple(p for p in paths or () if p.endswith("/"))
+        self._token_everywhere = paths is None
+        if isinstance(max_body, bool) or not isinstance(max_body, int) or max_body <= 0:
+            raise ValueError("UserRateLimit: max_body must be a positive number of bytes")
+        self.max_body = max_body
+        self.headers = headers
+
+        #: Storage calls that failed or timed out (and requests decided without the storage).
+        self.storage_errors = 0
+        self._tokens_ledger = TokenLedger(self.storage, self._call, key_prefix)
+        self._policies: dict[tuple[Window, ...], bytes] = {}
+        self._down_until = 0.0
+        self._settling: set[asyncio.Task[None]] = set()
+        self._retry_unavailable = str(max(1, round(self.storage_cooldown)))
+
+    # -- configuration lookups ---------------------------------------------------------------
+
+    def _override(self, spec: str, kind: str, fallback: Windows) -> Windows:
+        key = (kind, spec)
+        if key in self._overrides:
+            return self._overrides[key]
+        if key in self._bad_overrides:
+            return fallback
+        try:
+            windows = parse_limit(spec, kind, "API key limit")
+        except (TypeError, ValueError) as exc:
+            # A key record comes from the app's store at run time; a bad one must not 500.
+            logger.error("%s; using the tier's limit for this key", exc)
+            self._bad_overrides.add(key)
+            return fallback
+        self._overrides[key] = windows
+        return windows
+
+    def limits_for(self, identity: Identity) -> tuple[Windows, Windows]:
+        """(request windows, token windows) that apply to `identity`; None means unlimited."""
+        group = identity.group
+        requests = self._group_requests.get(group, self._requests) if group else self._requests
+        tokens = self._group_tokens.get(group, self._tokens) if group else self._tokens
+        key = identity.api_key
+        if key is not None:
+            if key.rate_limit is not None:
+                requests = self._override(key.rate_limit, "requests", requests)
+            if key.token_limit is not None:
+                tokens = self._override(key.token_limit, "tokens", tokens)
+        return requests, tokens
+
+    def _parts(self, identity: Identity, scope: Scope | None) -> tuple[str, ...]:
+        address = None
+        if identity.source == "anonymous" and scope is not None:
+            address = self._proxies.client_address(scope)
+        return bucket_key(identity, address) or (identity.source, "unknown")
+
+    def _meters_tokens(self, scope: Scope) -> bool:
+        if scope["type"] != "http" or scope.get("method") not in _BODY_METHODS:
+            return False
+        if self._token_everywhere:
+            return True
+        path: str = scope.get("path", "")
+        return path in self._token_exact or bool(
+            self._token_prefixes and path.startswith(self._token_prefixes)
+        )
+
+    # -- storage, bounded ----------------------------------------------------------------------
+
+    def _storage_usable(self) -> bool:
+        if self._down_until and time.monotonic() < self._down_until:
+            self.storage_errors += 1
+            return False
+        return True
+
+    def _call(self, call: Awaitable[T]) -> Awaitable[T]:
+        """One storage call, bounded by storage_timeout; RateLimitUnavailable when it fails."""
+        if self._in_process:
+            return call  # memory: no I/O to wait for, nothing that can go away
+        return self._bounded(call)
+
+    async def _bounded(self, call: Awaitable[T]) -> T:
+        try:
+            return await asyncio.wait_for(call, self.storage_timeout)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.storage_errors += 1
+            self._down_until = time.monotonic() + self.storage_cooldown
+            reason = "timed out" if isinstance(exc, asyncio.TimeoutError) else repr(exc)
+            logger.warning(
+                "rate-limit storage unavailable (%s); failing %s for %.1fs",
+                reason,
+                self.on_storage_error,
+                self.storage_cooldown,
+            )
+            raise RateLimitUnavailable(reason) from None
+
+    # -- the request path ----------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket") or self.policy.skips(scope):
+            if scope["type"] == "lifespan":
+                send = self._closing_on_shutdown(send)
+            await self.app(scope, receive, send)
+            return
+        identity = require_identity(scope, "UserRateLimit")
+        state = scope.get("state")
+        if state is None:
+            scope["state"] = state = {}
+        state[STATE_KEY] = self
+
+        if identity.source == "anonymous" and self.anonymous != "by_address":
+            if self.anonymous == "refuse":
+                error = IdentityError(
+                    "missing_credentials",
+                    "Anonymous requests are not accepted: send a bearer token or an API key.",
+                    detail="anonymous request refused by UserRateLimit(anonymous='refuse')",
+                )
+                if await self.policy.refuse(error, scope, receive, send):
+                    return
+            await self.app(scope, receive, send)
+            return
+
+        requests, tokens = self.limits_for(identity)
+        meters_tokens = tokens is not None and self._meters_tokens(scope)
+        if requests is None and not meters_tokens:
+            await self.app(scope, receive, send)
+            return
+        parts = self._parts(identity, scope)
+        states: list[tuple[Window, int, int]] = []
+        reservation: Reservation | None = None
+        try:
+            if not self._storage_usable():
+                raise RateLimitUnavailable("in cool-down after a storage error")
+            if requests is not None:
+                refusal = await self._hit_requests(requests, parts, states)
+                if refusal is not None and await self.policy.refuse(refusal, scope, receive, send):
+                    return
+            if meters_tokens:
+                assert tokens is not None
+                receive, reservation, refusal = await self._reserve_tokens(
+                    scope, receive, identity, parts, tokens, states
+                )
+                if refusal is not None and await self.policy.refuse(refusal, scope, receive, send):
+                    return
+        except RateLimitUnavailable:
+            if self.on_storage_error == "closed":
+                error = IdentityError(
+                    "rate_limit_unavailable",
+                    "Rate limiting is temporarily unavailable; try again shortly.",
+                    headers=[("Retry-After", self._retry_unavailable)],
+                    detail="rate-limit storage unavailable, failing closed",
+                )
+                if await self.policy.refuse(error, scope, receive, send):
+                    return
+            # Failing open: the request goes on without headers (there is nothing true to say).
+            states = []
+            reservation = None
+
+        if self.headers and states and scope["type"] == "http":
+            extra = [
+                (b"ratelimit-policy", self._policy_header(states)),
+                (b"ratelimit", ratelimit_header(states)),
+            ]
+        else:
+            extra = []
+        if reservation is None:
+            await self.app(scope, receive, with_response_headers(send, extra))
+            return
+        await self._metered(scope, receive, send, reservation, extra)
+
+    async def _hit_requests(
+        self,
+        windows: tuple[Window, ...],
+        parts: tuple[str, ...],
+        states: list[tuple[Window, int, int]],
+    ) -> IdentityError | None:
+        # Shortest window first: a burst refused by the per-second window does not eat into the
+        # daily budget; a request refused by the daily window was counted by the short ones only.
+        # One identifier, joined once: the same key as limits builds from the parts.
+        ids = "/".join((self.key_prefix, "requests", *parts))
+        for window in windows:
+            if self._fixed:
+                # The counter's new value says everything the headers need: one call, not two.
+                key = window.storage_key(ids)
+                count = await self._call(self.storage.incr(key, window.seconds))
+                admitted = count <= window.amount
+                if self.headers or not admitted:
+                    reset = await self._call(self.storage.get_expiry(key))
+                    retry = seconds_until(reset, time.time())
+                    states.append((window, window.amount - count, retry))
+            else:
+                admitted = await self._call(self._limiter.hit(window.item, ids))
+                if self.headers or not admitted:
+                    reset, remaining = await self._call(
+                        self._limiter.get_window_stats(window.item, ids)
+                    )
+                    retry = seconds_until(reset, time.time())
+                    states.append((window, remaining, retry))
+            if not admitted:
+                return IdentityError(
+                    "rate_limited",
+                    f"Rate limit exceeded: {window.amount} requests per "
+                    f"{per_window(window)}. Try again in {max(1, retry)} seconds.",
+                    headers=self._error_headers(states, retry),
+                    detail=f"{window.name} limit of {window.amount} reached",
+                )
+        return None
+
+    def _policy_header(self, states: list[tuple[Window, int, int]]) -> bytes:
+        windows = tuple(window for window, _, _ in states)
+        value = self._policies.get(windows)
+        if value is None:
+            # A handful of distinct window sets exist (one per tier and kind): cache them all.
+            value = self._policies[windows] = policy_header(windows)
+        return value
+
+    def _error_headers(
+        self, states: list[tuple[Window, int, int]], retry: int
+    ) -> list[tuple[str, str]]:
+        headers = [("Retry-After", str(max(1, retry)))]
+        if self.headers:
+            headers.append(("RateLimit-Policy", self._policy_header(states).decode()))
+            headers.append(("RateLimit", ratelimit_header(states).decode()))
+        return headers
+
+    async def _reserve_tokens(
+        self,
+        scope: Scope,
+        receive: Receive,
+        identity: Identity,
+        parts: tuple[str, ...],
+        windows: tuple[Window, ...],
+        states: list[tuple[Window, int, int]],
+    ) -> tuple[Receive, Reservation | None, IdentityError | None]:
+        body, receive = await peek_json(receive, self.max_body)
+        if not isinstance(body, dict):
+            return receive, None, None  # not an LLM call: nothing to reserve or settle
+        reservation = Reservation(identity, parts, windows)
+        estimate = estimate_tokens(body, scope, self.default_max_tokens)
+        refusal = await self._tokens_ledger.reserve(reservation, estimate, states)
+        if refusal is None:
+            return receive, reservation, None
+        return receive, reservation, self._token_error(refusal, states)
+
+    def _token_error(
+        self, refusal: TokenRefusal, states: list[tuple[Window, int, int]]
+    ) -> IdentityError:
+        window, per = refusal.window, per_window(refusal.window)
+        if refusal.spent:
+            message = (
+                f"Token quota exceeded: {window.amount} tokens per {per}. "
+                f"Try again in {max(1, refusal.retry)} seconds."
+            )
+        else:
+            message = (
+                f"This request may use up to {refusal.estimate} tokens but {refusal.left} remain "
+                f"in the quota of {window.amount} tokens per {per}; lower max_tokens or try "
+                "again later."
+            )
+        return IdentityError(
+            "token_quota_exceeded",
+            message,
+            headers=self._error_headers(states, refusal.retry),
+            detail=f"{window.name} quota of {window.amount} reached",
+        )
+
+    async def _metered(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        reservation: Reservation,
+        extra: list[tuple[bytes, bytes]],
+    ) -> None:
+        scope["state"][_RESERVATION_KEY] = reservation
+        meter = UsageMeter(send, extra)
+        try:
+            await self.app(scope, receive, meter.send)
+        finally:
+            if not reservation.settled:
+                reservation.settled = True
+                charge, found = meter.outcome(reservation)
+                task = asyncio.ensure_future(self._settle(reservation, charge, found))
+                self._settling.add(task)
+                task.add_done_callback(self._settling.discard)
+                # Shielded: a client that disconnects must not cancel the accounting.
+                await asyncio.shield(task)
+
+    async def _settle(
+        self, reservation: Reservation, charge: int, found: TokenUsage | None
+    ) -> None:
+        if found is not None:
+            telemetry.on_tokens(reservation.identity, found.input_tokens, found.output_tokens)
+        try:
+            await self._tokens_ledger.settle(reservation, charge)
+        except RateLimitUnavailable:
+            logger.warning(
+                "could not settle %d tokens: rate-limit storage unavailable",
+                charge - reservation.estimate,
+            )
+
+    def _closing_on_shutdown(self, send: Send) -> Send:
+        async def send_closing(message: Message) -> None:
+            if message["type"] == "lifespan.shutdown.complete":
+                await self.aclose()
+            await send(message)
+
+        return send_closing
+
+    async def aclose(self) -> None:
+        """Finish pending settlements and close the storage's connections (done at shutdown)."""
+        if self._settling:
+            await asyncio.gather(*self._settling, return_exceptions=True)
+        client = getattr(getattr(self.storage, "bridge", None), "storage", None)
+        pool = getattr(client, "connection_pool", None)
+        if pool is not None:
+            closing = pool.disconnect()
+            if inspect.isawaitable(closing):  # redis-py's pool closes asynchronously
+                await closing
+
+    # -- the app's API --------------------------------------------------------------------------
+
+    async def report_usage(
+        self, who: Any, *, input_tokens: int = 0, output_tokens: int = 0
+    ) -> None:
+        """Charge tokens the app counted itself.
+
+        `who` is a request (or scope) inside this layer, whose reservation it settles instead
+        of the response's `usage`, or an Identity to charge directly (e.g. from a background job).
+        """
+        used = TokenUsage(int(input_tokens), int(output_tokens))
+        if used.input_tokens < 0 or used.output_tokens < 0:
+            raise ValueError("report_usage: token counts must be >= 0")
+        scope: Scope | None = None
+        if isinstance(who, Identity):
+            identity = who
+        else:
+            scope = who if isinstance(who, MutableMapping) else getattr(who, "scope", None)
+            if scope is None:
+                raise TypeError("report_usage() takes a request, an ASGI scope or an Identity")
+            reservation = (scope.get("state") or {}).get(_RESERVATION_KEY)
+            if isinstance(reservation, Reservation) and not reservation.settled:
+                reservation.reported = used
+                return
+            identity = require_identity(scope, "report_usage()")
+        _, windows = self.limits_for(identity)
+        telemetry.on_tokens(identity, used.input_tokens, used.output_tokens)
+        if windows is None or used.total_tokens == 0:
+            return
+        await self._tokens_ledger.charge(self._parts(identity, scope), windows, used.total_tokens)
+
+    async def usage(self, identity: Identity, *, address: str | None = None) -> list[WindowUsage]:
+        """Where `identity` stands in each of its windows (requests first, then tokens).
+
+        `address` is the client address, for anonymous identities. RateLimitUnavailable when the
+        storage does not answer.
+        """
+        requests, tokens = self.limits_for(identity)
+        parts = bucket_key(identity, address) or (identity.source, "unknown")
+        ids = "/".join((self.key_prefix, "requests", *parts))
+        result: list[WindowUsage] = []
+        for window in requests or ():
+            reset, remaining = await self._call(self._limiter.get_window_stats(window.item, ids))
+            remaining = max(0, min(window.amount, remaining))
+            result.append(
+                WindowUsage(
+                    "requests",
+                    window.name,
+                    window.amount,
+                    window.amount - remaining,
+                    remaining,
+                    reset,
+                    window.seconds,
+                )
+            )
+        for window in tokens or ():
+            used, reset = await self._tokens_ledger.used(parts, window)
+            result.append(
+                WindowUsage(
+                    "tokens",
+                    window.name,
+                    window.amount,
+                    used,
+                    max(0, window.amount - used),
+                    reset,
+                    window.seconds,
+                )
+            )
+        return result
+
+
+def get_rate_limiter(request_or_scope: Any) -> UserRateLimit:
+    """The UserRateLimit a request passed through (from a handler: `get_rate_limiter(request)`)."""
+    scope = (
+        request_or_scope
+        if isinstance(request_or_scope, Mapping)
+        else getattr(request_or_scope, "scope", None)
+    )
+    if scope is None:
+        raise TypeError("get_rate_limiter() takes a request or an ASGI scope")
+    limiter = (scope.get("state") or {}).get(STATE_KEY)
+    if not isinstance(limiter, UserRateLimit):
+        raise LookupError("this request did not pass through UserRateLimit")
+    return limiter

@@ -1,0 +1,265 @@
+"""UserRateLimit on Redis: shared between processes, and what happens when Redis goes away."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import textwrap
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from _ratelimit_support import (
+    REDIS_URI,
+    blackhole,
+    client,
+    delete_redis_keys,
+    free_port,
+    identify,
+    llm_app,
+    own_redis_server,
+    unique_prefix,
+    until,
+    wait_for_port,
+)
+from asgi_identity.middleware.ratelimit import UserRateLimit
+
+pytestmark = pytest.mark.redis
+
+_made: list[UserRateLimit] = []
+
+
+@pytest.fixture
+async def prefix() -> AsyncIterator[str]:
+    prefix = unique_prefix()
+    yield prefix
+    while _made:
+        await _made.pop().aclose()
+    await delete_redis_keys(prefix)
+
+
+def limiter(prefix: str, storage: str, **options: Any) -> UserRateLimit:
+    made = UserRateLimit(llm_app(), storage=storage, key_prefix=prefix, **options)
+    _made.append(made)
+    return made
+
+
+SHARED_APP = """
+import os
+
+from asgi_identity.identity import Identity, set_identity
+from asgi_identity.middleware.ratelimit import UserRateLimit
+
+
+async def hello(scope, receive, send):
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": os.environ["WORKER"].encode()})
+
+
+limited = UserRateLimit(
+    hello,
+    limits="10/minute",
+    storage="async+redis://127.0.0.1:6379",
+    key_prefix=os.environ["KEY_PREFIX"],
+)
+
+
+async def app(scope, receive, send):
+    set_identity(scope, Identity(source="jwt", user_id="alice", issuer="https://issuer.test"))
+    await limited(scope, receive, send)
+"""
+
+
+@pytest.fixture
+def two_workers(tmp_path: Path, prefix: str) -> Iterator[list[int]]:
+    """Two uvicorn processes on loopback ports, the same app, the same Redis."""
+    (tmp_path / "shared_app.py").write_text(textwrap.dedent(SHARED_APP))
+    ports = [free_port(), free_port()]
+    processes = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "--app-dir",
+                str(tmp_path),
+                "--port",
+                str(port),
+                "--lifespan",
+                "off",
+                "--log-level",
+                "warning",
+                "shared_app:app",
+            ],
+            env={"KEY_PREFIX": prefix, "WORKER": str(n), "PATH": "/usr/bin:/bin"},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for n, port in enumerate(ports)
+    ]
+    try:
+        for port in ports:
+            wait_for_port(port, deadline=30)
+        yield ports
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+            if process.stderr is not None:
+                process.stderr.close()
+
+
+async def test_two_uvicorn_processes_sharing_redis_enforce_one_limit(
+    two_workers: list[int],
+) -> None:
+    async with httpx.AsyncClient(timeout=10) as http:
+        responses = [await http.get(f"http://127.0.0.1:{two_workers[n % 2]}/") for n in range(30)]
+    admitted = [r for r in responses if r.status_code == 200]
+    assert len(admitted) == 10
+    assert {r.text for r in admitted} == {"0", "1"}  # both workers admitted some
+    assert all(r.status_code == 429 for r in responses if r.status_code != 200)
+    assert responses[-1].json()["error"]["code"] == "rate_limited"
+
+
+# -- Redis unreachable ---------------------------------------------------------------------
+
+CLOSED_PORT_URI = f"async+redis://127.0.0.1:{free_port()}"
+
+
+async def test_unreachable_redis_fails_open_without_headers(prefix: str) -> None:
+    limited = limiter(prefix, CLOSED_PORT_URI, limits="1/minute", on_storage_error="open")
+    async with client(identify(limited), headers={"x-test-user": "alice"}) as http:
+        responses = [await http.get("/") for _ in range(3)]
+    assert [r.status_code for r in responses] == [200, 200, 200]
+    assert "ratelimit" not in responses[0].headers
+    assert limited.storage_errors >= 3
+
+
+async def test_unreachable_redis_fails_closed_with_503(prefix: str) -> None:
+    limited = limiter(prefix, CLOSED_PORT_URI, limits="1/minute", on_storage_error="closed")
+    async with client(identify(limited), headers={"x-test-user": "alice"}) as http:
+        responses = [await http.get("/") for _ in range(3)]
+    assert [r.status_code for r in responses] == [503, 503, 503]
+    assert responses[0].json()["error"] == {
+        "message": "Rate limiting is temporarily unavailable; try again shortly.",
+        "type": "service_unavailable_error",
+        "code": "rate_limit_unavailable",
+    }
+    assert int(responses[0].headers["retry-after"]) >= 1
+
+
+@pytest.mark.parametrize(("policy", "status"), [("open", 200), ("closed", 503)])
+async def test_a_redis_that_never_answers_is_given_up_on_after_the_timeout(
+    prefix: str, policy: str, status: int
+) -> None:
+    async with blackhole() as port:
+        limited = limiter(
+            prefix,
+            f"async+redis://127.0.0.1:{port}",
+            limits="1/minute",
+            tokens="1000/day",
+            on_storage_error=policy,
+            storage_timeout=0.2,
+        )
+        async with client(identify(limited), headers={"x-test-user": "alice"}) as http:
+            responses = await asyncio.wait_for(
+                asyncio.gather(*(http.get("/") for _ in range(5))), 10
+            )
+            completion = await asyncio.wait_for(
+                http.post("/v1/chat/completions", json={"max_tokens": 5}), 10
+            )
+        await asyncio.wait_for(limited.aclose(), 10)
+    assert [r.status_code for r in responses] == [status] * 5
+    assert completion.status_code == status
+
+
+@pytest.mark.parametrize(("policy", "status"), [("open", 200), ("closed", 503)])
+async def test_redis_killed_mid_run_follows_the_policy_and_never_500s(
+    prefix: str, policy: str, status: int
+) -> None:
+    with own_redis_server() as redis:
+        uri = f"async+redis://127.0.0.1:{redis.port}"  # type: ignore[attr-defined]
+        limited = limiter(
+            prefix,
+            uri,
+            limits="2/minute",
+            tokens="1000/day",
+            on_storage_error=policy,
+            storage_timeout=0.5,
+            storage_cooldown=0,
+        )
+        async with client(identify(limited), headers={"x-test-user": "alice"}) as http:
+            before = [(await http.get("/")).status_code for _ in range(3)]
+            redis.kill()
+            redis.wait(timeout=10)
+            after = [(await http.get("/")).status_code for _ in range(3)]
+            completion = await http.post(
+                "/v1/chat/completions", json={"max_tokens": 5, "x_completion": 1}
+            )
+    assert before == [200, 200, 429]
+    assert after == [status] * 3
+    assert completion.status_code == status
+    assert limited.storage_errors >= 3
+
+
+async def test_redis_lost_between_reservation_and_settlement_is_logged_not_raised(
+    prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with own_redis_server() as redis:
+        uri = f"async+redis://127.0.0.1:{redis.port}"  # type: ignore[attr-defined]
+        app = llm_app()
+        app.state.gate = gate = asyncio.Event()
+        app.state.arrived = 0
+        limited = UserRateLimit(
+            app, limits=None, tokens="1000/day", storage=uri, key_prefix=prefix, storage_cooldown=0
+        )
+        _made.append(limited)
+        async with client(identify(limited), headers={"x-test-user": "alice"}) as http:
+            pending = asyncio.ensure_future(
+                http.post("/v1/chat/completions", json={"max_tokens": 5, "x_completion": 1})
+            )
+            await until(lambda: app.state.arrived == 1)
+            redis.kill()
+            redis.wait(timeout=10)
+            gate.set()
+            response = await asyncio.wait_for(pending, 10)
+    assert response.status_code == 200
+    assert "could not settle" in caplog.text
+
+
+async def test_shared_redis_counts_are_visible_to_a_second_limiter(prefix: str) -> None:
+    first = limiter(prefix, REDIS_URI, limits="5/minute")
+    second = limiter(prefix, REDIS_URI, limits="5/minute")
+    async with client(identify(first), headers={"x-test-user": "alice"}) as http:
+        for _ in range(3):
+            await http.get("/")
+    async with client(identify(second), headers={"x-test-user": "alice"}) as http:
+        response = await http.get("/")
+    assert response.headers["ratelimit"].startswith('"requests-minute";r=1;')
+
+
+async def test_lifespan_shutdown_closes_the_redis_connections(prefix: str) -> None:
+    # Not in `_made`: if shutdown left a socket open, the strict warning filter would fail the test.
+    limited = UserRateLimit(llm_app(), limits="5/minute", storage=REDIS_URI, key_prefix=prefix)
+    async with client(identify(limited), headers={"x-test-user": "alice"}) as http:
+        assert (await http.get("/")).status_code == 200
+    events = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
+    sent: list[str] = []
+
+    async def receive() -> dict[str, Any]:
+        return events.pop(0)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message["type"])
+
+    await asyncio.wait_for(limited({"type": "lifespan", "state": {}}, receive, send), 10)  # type: ignore[arg-type]
+    assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
