@@ -1,0 +1,152 @@
+"""identity_stack() / stack_layers(): the whole chain in DESIGN.md's order, in one call."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI, Request
+from litestar import Litestar, get
+from litestar import Request as LitestarRequest
+from litestar.middleware import DefineMiddleware
+from starlette.applications import Starlette
+from starlette.requests import Request as StarletteRequest
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from asgi_identity import APIKey, get_identity, hash_api_key
+from asgi_identity.middleware import (
+    ConversationTagger,
+    DomainAllowlist,
+    EnforceIdentity,
+    IdentityMiddleware,
+)
+from asgi_identity.middleware.ratelimit import UserRateLimit
+from asgi_identity.stack import identity_stack, stack_layers
+from asgi_identity.testing import LocalIssuer
+from asgi_identity.tokens import JWTIssuer
+
+KEY = "sk-ai-stack-test-key"
+
+
+def _options(issuer: LocalIssuer) -> dict[str, Any]:
+    return {
+        "identity": {
+            "issuers": [JWTIssuer(issuer=issuer.issuer, audience="gateway", jwks=issuer.jwks)],
+            "api_keys": [APIKey(id="backend", sha256=hash_api_key(KEY))],
+        },
+        "domains": {"domains": ["acme.com"]},
+        "rate_limit": {"limits": "2/minute"},
+        "exclude_paths": ["/health"],
+    }
+
+
+async def _whoami(request: StarletteRequest) -> JSONResponse:
+    identity = get_identity(request)
+    return JSONResponse(
+        {
+            "user": identity.user_id,
+            "source": identity.source,
+            "conversation": identity.conversation_id,
+        }
+    )
+
+
+def _starlette() -> Starlette:
+    return Starlette(routes=[Route("/whoami", _whoami), Route("/health", _whoami)])
+
+
+async def _call_all(app: Any, issuer: LocalIssuer) -> list[tuple[int, Any]]:
+    alice = issuer.mint(sub="alice", email="alice@acme.com")
+    mallory = issuer.mint(sub="mallory", email="mallory@evil.com")
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        requests = [
+            client.get("/whoami"),
+            client.get("/whoami", headers={"x-api-key": KEY}),
+            client.get("/whoami", headers={"authorization": f"Bearer {mallory}"}),
+            client.get(
+                "/whoami",
+                headers={"authorization": f"Bearer {alice}", "x-conversation-id": "conv-1"},
+            ),
+            client.get("/whoami", headers={"authorization": f"Bearer {alice}"}),
+            client.get("/whoami", headers={"authorization": f"Bearer {alice}"}),
+            client.get("/health"),
+        ]
+        results = []
+        for request in requests:
+            response = await request
+            body = response.json()
+            results.append((response.status_code, body.get("error", {}).get("code") or body))
+        return results
+
+
+EXPECTED = [
+    (401, "missing_credentials"),  # IdentityMiddleware
+    (403, "identity_required"),  # EnforceIdentity: a key alone is not a person
+    (403, "domain_not_allowed"),  # DomainAllowlist
+    (200, {"user": "alice", "source": "jwt", "conversation": "conv-1"}),  # ConversationTagger
+    (200, {"user": "alice", "source": "jwt", "conversation": None}),
+    (429, "rate_limited"),  # UserRateLimit: the third of 2/minute
+    (200, {"user": None, "source": "anonymous", "conversation": None}),  # excluded everywhere
+]
+
+
+async def test_identity_stack_refuses_at_each_layer_in_order(issuer: LocalIssuer) -> None:
+    app = identity_stack(_starlette(), **_options(issuer))
+    assert await _call_all(app, issuer) == EXPECTED
+
+
+async def test_stack_layers_with_fastapi_add_middleware(issuer: LocalIssuer) -> None:
+    app = FastAPI()
+
+    @app.get("/whoami")
+    @app.get("/health")
+    async def whoami(request: Request) -> dict[str, Any]:
+        identity = get_identity(request)
+        return {
+            "user": identity.user_id,
+            "source": identity.source,
+            "conversation": identity.conversation_id,
+        }
+
+    for cls, options in reversed(stack_layers(**_options(issuer))):
+        app.add_middleware(cls, **options)
+    assert await _call_all(app, issuer) == EXPECTED
+
+
+async def test_stack_layers_with_litestar_define_middleware(issuer: LocalIssuer) -> None:
+    @get(["/whoami", "/health"], sync_to_thread=False)
+    def whoami(request: LitestarRequest[Any, Any, Any]) -> dict[str, Any]:
+        identity = get_identity(request)
+        return {
+            "user": identity.user_id,
+            "source": identity.source,
+            "conversation": identity.conversation_id,
+        }
+
+    layers = stack_layers(**_options(issuer))
+    app = Litestar(
+        [whoami], middleware=[DefineMiddleware(cls, **options) for cls, options in layers]
+    )
+    assert await _call_all(app, issuer) == EXPECTED
+
+
+def test_layers_come_outermost_first_and_omitted_layers_are_left_out(issuer: LocalIssuer) -> None:
+    layers = stack_layers(**_options(issuer))
+    assert [cls for cls, _ in layers] == [
+        IdentityMiddleware,
+        EnforceIdentity,
+        DomainAllowlist,
+        UserRateLimit,
+        ConversationTagger,
+    ]
+    assert all(options["exclude_paths"] == ["/health"] for _, options in layers)
+    bare = stack_layers(identity={"allow_anonymous": True}, enforce=None, conversation=False)
+    assert [cls for cls, _ in bare] == [IdentityMiddleware]
+
+
+def test_a_layer_given_something_else_than_options_is_refused() -> None:
+    with pytest.raises(TypeError, match="rate_limit takes a mapping of options"):
+        stack_layers(identity={}, rate_limit="60/minute")  # type: ignore[arg-type]
