@@ -1,0 +1,1 @@
+"""Runnable example gateways built on asgi-identity (FastAPI and Litestar)."""

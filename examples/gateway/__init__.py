@@ -1,0 +1,1 @@
+"""What both example gateways share: settings, the built-in model, the upstream client, the demo."""

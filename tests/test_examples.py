@@ -1,0 +1,465 @@
+"""The example gateways, run under real uvicorn and called over loopback HTTP.
+
+The demo test starts `python -m examples.fastapi` as `make demo` does and runs each printed curl
+command, checking it answers what the demo says it will.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from examples.fastapi.app import create_app as create_fastapi_app
+from examples.gateway.settings import Settings
+from examples.litestar.app import create_app as create_litestar_app
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, StreamingResponse
+from starlette.routing import Route
+
+from asgi_identity import APIKey, generate_api_key
+from asgi_identity.testing import JWKSServer, LocalIssuer
+from otlp_receiver import OTLPReceiver
+
+ROOT = Path(__file__).resolve().parents[1]
+FACTORIES: dict[str, Callable[[Settings], Any]] = {
+    "fastapi": create_fastapi_app,
+    "litestar": create_litestar_app,
+}
+
+
+def _bound_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+@contextmanager
+def serve(app: Any) -> Iterator[str]:
+    """Run `app` under uvicorn (lifespan on) in a thread; yield its base URL."""
+    sock = _bound_socket()
+    config = uvicorn.Config(app, lifespan="on", log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        for _ in range(500):
+            if server.started or not thread.is_alive():
+                break
+            time.sleep(0.01)
+        assert server.started, "uvicorn did not start"
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+def chat(text: str, **extra: Any) -> dict[str, Any]:
+    return {"model": "echo-1", "messages": [{"role": "user", "content": text}], **extra}
+
+
+def sse_events(text: str) -> list[Any]:
+    events = []
+    for block in text.split("\n\n"):
+        if block.startswith("data: "):
+            data = block[len("data: ") :]
+            events.append(data if data == "[DONE]" else json.loads(data))
+    return events
+
+
+class Gateway:
+    def __init__(self, base_url: str, issuer: LocalIssuer, keys: dict[str, str]) -> None:
+        self.client = httpx.Client(base_url=base_url, timeout=10)
+        self.issuer = issuer
+        self.keys = keys
+
+    def bearer(self, **claims: Any) -> dict[str, str]:
+        claims.setdefault("email_verified", True)
+        return {"Authorization": f"Bearer {self.issuer.mint(**claims)}"}
+
+
+@pytest.fixture(params=sorted(FACTORIES))
+def gateway(
+    request: pytest.FixtureRequest, issuer: LocalIssuer, jwks_server: JWKSServer
+) -> Iterator[Gateway]:
+    web_key, web_digest = generate_api_key()
+    settings = Settings(
+        issuer=issuer.issuer,
+        jwks_url=jwks_server.jwks_url,
+        allowed_domains=("acme.com",),
+        api_keys=(APIKey(id="web-app", sha256=web_digest, tenant="acme"),),
+        tier_limits={"free": "2/minute", "pro": "100/minute", "trial": None},
+        tier_tokens={"free": None, "pro": None, "trial": "60/day"},
+    )
+    with serve(FACTORIES[request.param](settings)) as base_url:
+        gateway = Gateway(base_url, issuer, {"web-app": web_key})
+        with gateway.client:
+            yield gateway
+
+
+def test_allowed_user_gets_a_json_completion(gateway: Gateway) -> None:
+    response = gateway.client.post(
+        "/v1/chat/completions",
+        json=chat("hello from acme"),
+        headers=gateway.bearer(sub="alice", email="alice@acme.com", tier="pro"),
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["object"] == "chat.completion"
+    assert body["choices"][0]["message"] == {"role": "assistant", "content": "acme from hello"}
+    assert body["usage"] == {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6}
+    assert '"requests-minute";q=100;w=60' in response.headers["ratelimit-policy"]
+
+
+def test_allowed_user_gets_a_streamed_completion_ending_with_usage(gateway: Gateway) -> None:
+    with gateway.client.stream(
+        "POST",
+        "/v1/chat/completions",
+        json=chat("one two three four", stream=True),
+        headers=gateway.bearer(sub="alice", email="alice@acme.com", tier="pro"),
+    ) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = sse_events(response.read().decode())
+    assert events[-1] == "[DONE]"
+    usage_chunk = events[-2]
+    assert usage_chunk["choices"] == []
+    assert usage_chunk["usage"]["total_tokens"] == 8
+    text = "".join(e["choices"][0]["delta"].get("content", "") for e in events[:-2] if e["choices"])
+    assert text == "four three two one"
+
+
+def test_handler_sees_the_verified_identity_and_its_usage(gateway: Gateway) -> None:
+    headers = gateway.bearer(
+        sub="alice", email="Alice@ACME.com", name="Alice", tier="pro", org="acme", roles=["dev"]
+    )
+    gateway.client.post("/v1/chat/completions", json=chat("count me"), headers=headers)
+    response = gateway.client.get("/v1/me", headers={**headers, "X-Conversation-Id": "conv-7"})
+    assert response.status_code == 200
+    me = response.json()
+    assert me["source"] == "jwt"
+    assert me["user_id"] == "alice"
+    assert me["email"] == "alice@acme.com"
+    assert me["domain"] == "acme.com"
+    assert me["group"] == "pro"
+    assert me["tenant"] == "acme"
+    assert me["roles"] == ["dev"]
+    assert me["conversation_id"] == "conv-7"
+    requests_window = next(w for w in me["usage"] if w["kind"] == "requests")
+    assert requests_window["limit"] == 100
+    assert requests_window["used"] == 2
+
+
+def test_user_of_a_refused_domain_is_403(gateway: Gateway) -> None:
+    response = gateway.client.post(
+        "/v1/chat/completions",
+        json=chat("let me in"),
+        headers=gateway.bearer(sub="mallory", email="mallory@evil.test", tier="pro"),
+    )
+    assert response.status_code == 403
+    assert response.json()["error"]["code"] == "domain_not_allowed"
+
+
+def test_exhausted_request_quota_is_429_with_retry_after(gateway: Gateway) -> None:
+    headers = gateway.bearer(sub="bob", email="bob@acme.com", tier="free")
+    statuses = [
+        gateway.client.post("/v1/chat/completions", json=chat("again"), headers=headers)
+        for _ in range(3)
+    ]
+    assert [r.status_code for r in statuses] == [200, 200, 429]
+    refused = statuses[-1]
+    assert refused.json()["error"]["code"] == "rate_limited"
+    assert int(refused.headers["retry-after"]) > 0
+    # Another user of the same tier has a bucket of their own.
+    other = gateway.bearer(sub="carol", email="carol@acme.com", tier="free")
+    assert gateway.client.post("/v1/chat/completions", json=chat("hi"), headers=other).is_success
+
+
+def test_exhausted_token_quota_is_429(gateway: Gateway) -> None:
+    headers = gateway.bearer(sub="tina", email="tina@acme.com", tier="trial")
+    words = " ".join(["word"] * 10)
+    codes = []
+    for _ in range(6):
+        response = gateway.client.post(
+            "/v1/chat/completions", json=chat(words, max_tokens=5), headers=headers
+        )
+        codes.append(response.status_code)
+        if response.status_code == 429:
+            assert response.json()["error"]["code"] == "token_quota_exceeded"
+            break
+    assert codes[0] == 200
+    assert codes[-1] == 429
+
+
+def test_api_key_without_a_person_is_403_and_with_a_token_is_200(gateway: Gateway) -> None:
+    key = {"X-API-Key": gateway.keys["web-app"]}
+    alone = gateway.client.post("/v1/chat/completions", json=chat("hi"), headers=key)
+    assert alone.status_code == 403
+    assert alone.json()["error"] == {
+        "message": "This API key requires identity context.",
+        "type": "permission_error",
+        "code": "identity_required",
+    }
+    person = gateway.bearer(sub="alice", email="alice@acme.com", tier="pro")
+    both = gateway.client.get("/v1/me", headers={**key, **person})
+    assert both.status_code == 200
+    assert both.json()["api_key"] == "web-app"
+    assert both.json()["user_id"] == "alice"
+
+
+def test_no_credential_is_401_and_public_paths_stay_open(gateway: Gateway) -> None:
+    response = gateway.client.get("/v1/models")
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "missing_credentials"
+    assert response.headers["www-authenticate"].startswith("Bearer")
+    assert gateway.client.get("/healthz").json() == {"status": "ok"}
+
+
+def test_models_and_bad_requests_answer_in_the_openai_shape(gateway: Gateway) -> None:
+    headers = gateway.bearer(sub="alice", email="alice@acme.com", tier="pro")
+    models = gateway.client.get("/v1/models", headers=headers).json()
+    assert [m["id"] for m in models["data"]] == ["echo-1"]
+    bad = gateway.client.post("/v1/chat/completions", json={"messages": "hello"}, headers=headers)
+    assert bad.status_code == 400
+    assert bad.json()["error"]["message"] == "messages must be a non-empty list"
+    not_json = gateway.client.post(
+        "/v1/chat/completions",
+        content=b"{",
+        headers={**headers, "content-type": "application/json"},
+    )
+    assert not_json.status_code == 400
+    unknown = gateway.client.post(
+        "/v1/chat/completions", json=chat("hi", model="gpt-9"), headers=headers
+    )
+    assert unknown.status_code == 404
+    assert unknown.json()["error"]["code"] == "model_not_found"
+
+
+# -- forwarding to an upstream -------------------------------------------------------------------
+
+
+class FakeUpstream:
+    """An OpenAI-compatible upstream on loopback that records what the gateway sent it."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[dict[str, str], dict[str, Any]]] = []
+
+        async def completions(request: Request) -> Any:
+            body = await request.json()
+            self.requests.append((dict(request.headers), body))
+            usage = {"prompt_tokens": 4, "completion_tokens": 2, "total_tokens": 6}
+            if body.get("stream"):
+
+                async def events() -> Any:
+                    yield b'data: {"choices":[{"index":0,"delta":{"content":"up"}}]}\n\n'
+                    yield f"data: {json.dumps({'choices': [], 'usage': usage})}\n\n".encode()
+                    yield b"data: [DONE]\n\n"
+
+                return StreamingResponse(events(), media_type="text/event-stream")
+            message = {"role": "assistant", "content": "from upstream"}
+            return JSONResponse(
+                {
+                    "object": "chat.completion",
+                    "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+                    "usage": usage,
+                }
+            )
+
+        async def models(request: Request) -> Any:
+            return JSONResponse({"object": "list", "data": [{"id": "real-model"}]})
+
+        self.app = Starlette(
+            routes=[
+                Route("/v1/chat/completions", completions, methods=["POST"]),
+                Route("/v1/models", models),
+            ]
+        )
+
+
+@pytest.mark.parametrize("framework", sorted(FACTORIES))
+def test_gateway_forwards_to_the_upstream_with_identity_but_never_the_users_token(
+    framework: str, issuer: LocalIssuer, jwks_server: JWKSServer
+) -> None:
+    upstream = FakeUpstream()
+    with serve(upstream.app) as upstream_url:
+        settings = Settings(
+            issuer=issuer.issuer,
+            jwks_url=jwks_server.jwks_url,
+            upstream_base_url=upstream_url + "/v1",
+            upstream_api_key="sk-upstream-secret",
+        )
+        with (
+            serve(FACTORIES[framework](settings)) as base_url,
+            httpx.Client(base_url=base_url, timeout=10) as client,
+        ):
+            token = issuer.mint(sub="alice", email="alice@acme.com", tier="pro", org="acme")
+            headers = {"Authorization": f"Bearer {token}", "X-Conversation-Id": "c-1"}
+            reply = client.post("/v1/chat/completions", json=chat("hi"), headers=headers)
+            assert reply.status_code == 200, reply.text
+            assert reply.json()["choices"][0]["message"]["content"] == "from upstream"
+            streamed = client.post(
+                "/v1/chat/completions", json=chat("hi", stream=True), headers=headers
+            )
+            assert sse_events(streamed.text)[-1] == "[DONE]"
+            models = client.get("/v1/models", headers=headers).json()
+            assert models["data"] == [{"id": "real-model"}]
+
+    (sent_headers, sent_body), (_, streamed_body) = upstream.requests
+    assert sent_headers["authorization"] == "Bearer sk-upstream-secret"
+    assert token not in json.dumps(sent_headers)
+    assert sent_headers["x-user-id"] == "alice"
+    assert sent_headers["x-user-email"] == "alice@acme.com"
+    assert sent_headers["x-user-group"] == "pro"
+    assert sent_headers["x-user-tenant"] == "acme"
+    assert sent_headers["x-conversation-id"] == "c-1"
+    assert sent_body["user"] == "alice"
+    assert streamed_body["stream_options"] == {"include_usage": True}
+
+
+def test_settings_come_from_the_environment_and_bad_values_are_named() -> None:
+    _, digest = generate_api_key()
+    settings = Settings.from_env(
+        {
+            "GATEWAY_ISSUER": "https://login.acme.com/",
+            "GATEWAY_ALLOWED_DOMAINS": "acme.com, .acme.org",
+            "ASGI_IDENTITY_API_KEYS": json.dumps([{"id": "web", "sha256": digest}]),
+            "GATEWAY_TIER_LIMITS": '{"free": "5/minute", "pro": null}',
+            "UPSTREAM_BASE_URL": "https://api.example.com/v1",
+        }
+    )
+    assert settings.allowed_domains == ("acme.com", ".acme.org")
+    assert [key.id for key in settings.api_keys] == ["web"]
+    assert settings.tier_limits == {"free": "5/minute", "pro": None}
+    assert settings.upstream_base_url == "https://api.example.com/v1"
+    with pytest.raises(ValueError, match="GATEWAY_ISSUER is not set"):
+        Settings.from_env({})
+    with pytest.raises(ValueError, match="GATEWAY_TIER_LIMITS must be a JSON object"):
+        Settings.from_env({"GATEWAY_ISSUER": "https://x.test", "GATEWAY_TIER_LIMITS": "[1]"})
+
+
+# -- make demo ---------------------------------------------------------------------------------
+
+_EXPECT = re.compile(r"#    expect: HTTP (\d{3})(?:, error code (\w+))?")
+
+
+def _printed_commands(banner: str) -> list[tuple[str, int, str | None, list[str]]]:
+    commands = []
+    for block in re.split(r"\n# \d+\. ", banner)[1:]:
+        lines = block.splitlines()
+        match = _EXPECT.match(lines[1])
+        assert match, lines[1]
+        command: list[str] = []
+        for line in lines[2:]:
+            command.append(line.removesuffix("\\"))
+            if not line.endswith("\\"):
+                break
+        code = match.group(2)
+        commands.append((lines[0], int(match.group(1)), code, shlex.split(" ".join(command))))
+    return commands
+
+
+def _curl(argv: list[str]) -> tuple[int, str]:
+    result = subprocess.run(
+        [*argv, "-i", "--max-time", "20"], capture_output=True, timeout=30, check=True
+    )
+    head, _, body = result.stdout.decode().partition("\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+@contextmanager
+def run_demo(module: str, **environ: str) -> Iterator[str]:
+    """`python -m <module>` as `make demo` runs it; yields what it printed once it serves."""
+    with _bound_socket() as probe:
+        port = probe.getsockname()[1]
+    env = {**os.environ, "PORT": str(port), "PYTHONUNBUFFERED": "1", **environ}
+    for name in ("OTEL_EXPORTER_OTLP_ENDPOINT", "UPSTREAM_BASE_URL"):
+        if name not in environ:
+            env.pop(name, None)
+    process = subprocess.Popen(
+        [sys.executable, "-m", module],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        banner = []
+        for line in process.stdout:
+            banner.append(line)
+            if line.startswith("Press Ctrl+C to stop."):
+                break
+        text = "".join(banner)
+        assert text.startswith(f"asgi-identity demo gateway on http://127.0.0.1:{port}"), text
+        for _ in range(500):
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).is_success:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.02)
+        yield text
+    finally:
+        # SIGTERM: uvicorn shuts down gracefully and the demo flushes its telemetry.
+        process.terminate()
+        process.wait(10)
+        if process.stdout is not None:
+            process.stdout.close()
+
+
+needs_curl = pytest.mark.skipif(shutil.which("curl") is None, reason="the demo prints curl")
+
+
+@needs_curl
+@pytest.mark.parametrize("module", ["examples.fastapi", "examples.litestar"])
+def test_demo_starts_and_each_printed_command_does_what_it_says(module: str) -> None:
+    with run_demo(module) as banner:
+        commands = _printed_commands(banner)
+        assert len(commands) >= 6
+        for title, status, code, argv in commands:
+            got_status, body = _curl(argv)
+            assert got_status == status, f"{title}: {body}"
+            if code is not None:
+                assert json.loads(body)["error"]["code"] == code, title
+            if "free tier" in title:
+                # The demo says the 4th call within a minute answers 429 rate_limited.
+                statuses = [_curl(argv) for _ in range(3)]
+                assert [s for s, _ in statuses] == [200, 200, 429], title
+                assert json.loads(statuses[-1][1])["error"]["code"] == "rate_limited"
+            if "streamed" in title:
+                events = sse_events(body)
+                assert events[-1] == "[DONE]"
+                assert "usage" in events[-2]
+
+
+@needs_curl
+def test_demo_sends_spans_keyed_by_user_to_the_otlp_endpoint() -> None:
+    with OTLPReceiver() as receiver:
+        with run_demo("examples.fastapi", OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint) as banner:
+            commands = {title: argv for title, _, _, argv in _printed_commands(banner)}
+            allowed = next(argv for title, argv in commands.items() if "(tier pro)" in title)
+            refused = next(argv for title, argv in commands.items() if "evil.test" in title)
+            assert _curl(allowed)[0] == 200
+            assert _curl(refused)[0] == 403
+        server_spans = [s for s in receiver.spans() if s.name.startswith("POST /v1/chat")]
+    by_user = {span.attributes.get("user.id"): span for span in server_spans}
+    assert by_user["alice"].attributes["asgi_identity.group"] == "pro"
+    assert by_user["alice"].attributes["asgi_identity.decision"] == "allow"
+    assert "asgi_identity.rejected" in [name for name, _ in by_user["mallory"].events]
