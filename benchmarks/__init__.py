@@ -1,0 +1,1 @@
+"""The harness behind the performance figures in docs/benchmarks.md: run `python -m benchmarks`."""
