@@ -95,23 +95,25 @@ class Gateway:
         return {"Authorization": f"Bearer {self.issuer.mint(**claims)}"}
 
 
-@pytest.fixture(params=sorted(FACTORIES))
-def gateway(
-    request: pytest.FixtureRequest, issuer: LocalIssuer, jwks_server: JWKSServer
-) -> Iterator[Gateway]:
+@pytest.fixture(scope="module", params=sorted(FACTORIES))
+def gateway(request: pytest.FixtureRequest) -> Iterator[Gateway]:
+    """One gateway per framework for the whole module: each test calls it as users of its own,
+    so the rate-limit buckets of one test never meet another's."""
+    issuer = LocalIssuer(issuer="https://issuer.test", audience="gateway", algorithm="ES256")
     web_key, web_digest = generate_api_key()
-    settings = Settings(
-        issuer=issuer.issuer,
-        jwks_url=jwks_server.jwks_url,
-        allowed_domains=("acme.com",),
-        api_keys=(APIKey(id="web-app", sha256=web_digest, tenant="acme"),),
-        tier_limits={"free": "2/minute", "pro": "100/minute", "trial": None},
-        tier_tokens={"free": None, "pro": None, "trial": "60/day"},
-    )
-    with serve(FACTORIES[request.param](settings)) as base_url:
-        gateway = Gateway(base_url, issuer, {"web-app": web_key})
-        with gateway.client:
-            yield gateway
+    with issuer.serve() as jwks_server:
+        settings = Settings(
+            issuer=issuer.issuer,
+            jwks_url=jwks_server.jwks_url,
+            allowed_domains=("acme.com",),
+            api_keys=(APIKey(id="web-app", sha256=web_digest, tenant="acme"),),
+            tier_limits={"free": "2/minute", "pro": "100/minute", "trial": None},
+            tier_tokens={"free": None, "pro": None, "trial": "60/day"},
+        )
+        with serve(FACTORIES[request.param](settings)) as base_url:
+            gateway = Gateway(base_url, issuer, {"web-app": web_key})
+            with gateway.client:
+                yield gateway
 
 
 def test_allowed_user_gets_a_json_completion(gateway: Gateway) -> None:
@@ -148,15 +150,15 @@ def test_allowed_user_gets_a_streamed_completion_ending_with_usage(gateway: Gate
 
 def test_handler_sees_the_verified_identity_and_its_usage(gateway: Gateway) -> None:
     headers = gateway.bearer(
-        sub="alice", email="Alice@ACME.com", name="Alice", tier="pro", org="acme", roles=["dev"]
+        sub="dana", email="Dana@ACME.com", name="Dana", tier="pro", org="acme", roles=["dev"]
     )
     gateway.client.post("/v1/chat/completions", json=chat("count me"), headers=headers)
     response = gateway.client.get("/v1/me", headers={**headers, "X-Conversation-Id": "conv-7"})
     assert response.status_code == 200
     me = response.json()
     assert me["source"] == "jwt"
-    assert me["user_id"] == "alice"
-    assert me["email"] == "alice@acme.com"
+    assert me["user_id"] == "dana"
+    assert me["email"] == "dana@acme.com"
     assert me["domain"] == "acme.com"
     assert me["group"] == "pro"
     assert me["tenant"] == "acme"
@@ -165,6 +167,40 @@ def test_handler_sees_the_verified_identity_and_its_usage(gateway: Gateway) -> N
     requests_window = next(w for w in me["usage"] if w["kind"] == "requests")
     assert requests_window["limit"] == 100
     assert requests_window["used"] == 2
+
+
+def test_premium_model_is_refused_to_the_free_tier_and_costs_it_no_quota(
+    gateway: Gateway,
+) -> None:
+    free = gateway.bearer(sub="frank", email="frank@acme.com", tier="free")
+    refused = gateway.client.post(
+        "/v1/chat/completions", json=chat("let me try", model="echo-4o"), headers=free
+    )
+    assert refused.status_code == 403
+    assert refused.json()["error"] == {
+        "message": "This model is available on the pro tier only. (rule 'premium-model')",
+        "type": "permission_error",
+        "code": "policy_denied",
+    }
+    # RoutePolicy runs before UserRateLimit: the free tier's 2 requests a minute are untouched.
+    for _ in range(2):
+        basic = gateway.client.post("/v1/chat/completions", json=chat("fine"), headers=free)
+        assert basic.status_code == 200, basic.text
+    # Streaming asks for the same model in the same body, and is refused the same way.
+    streamed = gateway.client.post(
+        "/v1/chat/completions", json=chat("hi", model="echo-4o", stream=True), headers=free
+    )
+    assert streamed.json()["error"]["code"] == "policy_denied"
+
+
+def test_pro_tier_gets_the_premium_model(gateway: Gateway) -> None:
+    pro = gateway.bearer(sub="paula", email="paula@acme.com", tier="pro")
+    response = gateway.client.post(
+        "/v1/chat/completions", json=chat("premium words", model="echo-4o"), headers=pro
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["model"] == "echo-4o"
+    assert response.json()["choices"][0]["message"]["content"] == "words premium"
 
 
 def test_user_of_a_refused_domain_is_403(gateway: Gateway) -> None:
@@ -235,7 +271,7 @@ def test_no_credential_is_401_and_public_paths_stay_open(gateway: Gateway) -> No
 def test_models_and_bad_requests_answer_in_the_openai_shape(gateway: Gateway) -> None:
     headers = gateway.bearer(sub="alice", email="alice@acme.com", tier="pro")
     models = gateway.client.get("/v1/models", headers=headers).json()
-    assert [m["id"] for m in models["data"]] == ["echo-1"]
+    assert [m["id"] for m in models["data"]] == ["echo-1", "echo-4o"]
     bad = gateway.client.post("/v1/chat/completions", json={"messages": "hello"}, headers=headers)
     assert bad.status_code == 400
     assert bad.json()["error"]["message"] == "messages must be a non-empty list"
@@ -304,6 +340,7 @@ def test_gateway_forwards_to_the_upstream_with_identity_but_never_the_users_toke
             jwks_url=jwks_server.jwks_url,
             upstream_base_url=upstream_url + "/v1",
             upstream_api_key="sk-upstream-secret",
+            premium_model="real-premium",
         )
         with (
             serve(FACTORIES[framework](settings)) as base_url,
@@ -320,7 +357,16 @@ def test_gateway_forwards_to_the_upstream_with_identity_but_never_the_users_toke
             assert sse_events(streamed.text)[-1] == "[DONE]"
             models = client.get("/v1/models", headers=headers).json()
             assert models["data"] == [{"id": "real-model"}]
+            # The route policy names the upstream's premium model: refused at the gateway.
+            free = issuer.mint(sub="bob", email="bob@acme.com", tier="free", org="acme")
+            refused = client.post(
+                "/v1/chat/completions",
+                json=chat("hi", model="real-premium"),
+                headers={"Authorization": f"Bearer {free}"},
+            )
+            assert refused.json()["error"]["code"] == "policy_denied"
 
+    # Two requests reached the upstream: the completion and the stream, not the refused one.
     (sent_headers, sent_body), (_, streamed_body) = upstream.requests
     assert sent_headers["authorization"] == "Bearer sk-upstream-secret"
     assert token not in json.dumps(sent_headers)
@@ -341,9 +387,21 @@ def test_settings_come_from_the_environment_and_bad_values_are_named() -> None:
             "GATEWAY_ALLOWED_DOMAINS": "acme.com, .acme.org",
             "ASGI_IDENTITY_API_KEYS": json.dumps([{"id": "web", "sha256": digest}]),
             "GATEWAY_TIER_LIMITS": '{"free": "5/minute", "pro": null}',
+            "GATEWAY_PREMIUM_MODEL": "gpt-4o*",
+            "GATEWAY_PREMIUM_TIERS": "pro, enterprise",
             "UPSTREAM_BASE_URL": "https://api.example.com/v1",
         }
     )
+    assert settings.premium_model == "gpt-4o*"
+    assert settings.premium_tiers == ("pro", "enterprise")
+    assert Settings.from_env({"GATEWAY_ISSUER": "https://x.test"}).premium_model == "echo-4o"
+    unrestricted = Settings.from_env(
+        {"GATEWAY_ISSUER": "https://x.test", "GATEWAY_PREMIUM_MODEL": ""}
+    )
+    assert unrestricted.premium_model is None
+    assert unrestricted.builtin_models == ("echo-1",)
+    with pytest.raises(ValueError, match="premium_tiers is empty"):
+        Settings.from_env({"GATEWAY_ISSUER": "https://x.test", "GATEWAY_PREMIUM_TIERS": ""})
     assert settings.allowed_domains == ("acme.com", ".acme.org")
     assert [key.id for key in settings.api_keys] == ["web"]
     assert settings.tier_limits == {"free": "5/minute", "pro": None}
@@ -443,6 +501,14 @@ def test_demo_starts_and_each_printed_command_does_what_it_says(module: str) -> 
                 statuses = [_curl(argv) for _ in range(3)]
                 assert [s for s, _ in statuses] == [200, 200, 429], title
                 assert json.loads(statuses[-1][1])["error"]["code"] == "rate_limited"
+            if "route policy" in title:
+                # The same request with alice's (pro tier) token gets a completion.
+                alice_argv = next(a for t, _, _, a in commands if "(tier pro)" in t)
+                alice_auth = next(h for h in alice_argv if h.startswith("Authorization:"))
+                as_alice = [alice_auth if h.startswith("Authorization:") else h for h in argv]
+                alice_status, alice_body = _curl(as_alice)
+                assert alice_status == 200, alice_body
+                assert json.loads(alice_body)["model"] == "echo-4o"
             if "streamed" in title:
                 events = sse_events(body)
                 assert events[-1] == "[DONE]"

@@ -19,16 +19,17 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from asgi_identity import (
+    ClaimMap,
     ConversationTagger,
     DomainAllowlist,
     EnforceIdentity,
     IdentityMiddleware,
+    JWTIssuer,
+    RoutePolicy,
     UserRateLimit,
     get_rate_limiter,
 )
-from asgi_identity.claims import ClaimMap
 from asgi_identity.fastapi import CurrentIdentity
-from asgi_identity.tokens import JWTIssuer
 
 from ..gateway.model import (
     BadRequest,
@@ -39,6 +40,7 @@ from ..gateway.model import (
     parse_chat_request,
 )
 from ..gateway.observability import server_span_middleware
+from ..gateway.policy import route_policy_options
 from ..gateway.settings import Settings
 from ..gateway.upstream import Upstream, UpstreamError
 from ..gateway.views import identity_view, upstream_failure, usage_view
@@ -47,10 +49,12 @@ CHAT_PATH = "/v1/chat/completions"
 
 
 def add_identity_stack(app: FastAPI, settings: Settings) -> None:
-    """The five layers, in the order of the flow.
+    """The layers, in the order of the flow.
 
     `add_middleware` puts the middleware added *last* outermost, so they are added from the app
-    outwards: ConversationTagger first, IdentityMiddleware last.
+    outwards: ConversationTagger first, IdentityMiddleware last. The request meets them as
+    IdentityMiddleware, EnforceIdentity, DomainAllowlist, RoutePolicy, UserRateLimit,
+    ConversationTagger.
     """
     public = list(settings.public_paths)
     app.add_middleware(ConversationTagger, header="x-conversation-id")
@@ -64,6 +68,10 @@ def add_identity_stack(app: FastAPI, settings: Settings) -> None:
         storage=settings.rate_limit_storage,
         exclude_paths=public,
     )
+    # Before the limiter: a request the policy refuses spends none of the caller's quota.
+    policy = route_policy_options(settings, CHAT_PATH)
+    if policy is not None:
+        app.add_middleware(RoutePolicy, **policy)
     if settings.allowed_domains:
         app.add_middleware(DomainAllowlist, domains=settings.allowed_domains, exclude_paths=public)
     app.add_middleware(EnforceIdentity, required=True, exclude_paths=public)
@@ -126,7 +134,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/v1/models")
     async def list_models(identity: CurrentIdentity) -> Any:
         if upstream is None:
-            return models_body([settings.model])
+            return models_body(settings.builtin_models)
         try:
             return await upstream.models()
         except (UpstreamError, httpx.HTTPError) as exc:
@@ -160,7 +168,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 status, error = upstream_failure(exc)
                 return JSONResponse(error, status_code=status)
 
-        if chat.model != settings.model:
+        if chat.model not in settings.builtin_models:
             error = BadRequest(f"model {chat.model!r} does not exist", "model").body()
             error["error"]["code"] = "model_not_found"
             return JSONResponse(error, 404)

@@ -18,6 +18,7 @@ from .settings import Settings
 
 DEMO_LIFETIME = 12 * 3600  # the printed tokens stay valid for a working day
 FREE_TIER_LIMIT = "3/minute"
+PREMIUM_MODEL = "echo-4o"
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,8 @@ class Demo:
             f"  issuer    {self.settings.issuer} (key set at {self.settings.jwks_url})",
             f"  domains   {', '.join(self.settings.allowed_domains)} only",
             "  tiers     free 3 requests/minute, pro 600/minute, enterprise unlimited",
+            f"  models    {self.settings.model} for every tier, "
+            f"{self.settings.premium_model} for the pro tier only (RoutePolicy)",
             f"  limits    {self.settings.rate_limit_storage} (in memory)",
             f"  inspect   asgi-identity jwks {self.settings.jwks_url}",
             "",
@@ -102,6 +105,8 @@ def build_demo(host: str = "127.0.0.1", port: int = 8000) -> Demo:
         allowed_domains=("acme.com",),
         api_keys=api_keys,
         tier_limits={"free": FREE_TIER_LIMIT, "pro": "600/minute", "enterprise": None},
+        premium_model=PREMIUM_MODEL,
+        premium_tiers=("pro",),
         published_jwks=issuer.jwks,
     )
     demo = Demo(base_url, settings, issuer, keys={"web-app": web_key, "support-bot": support_key})
@@ -117,9 +122,9 @@ def build_demo(host: str = "127.0.0.1", port: int = 8000) -> Demo:
     bob = user("bob", "bob@acme.com", "free", "Bob Chen")
     mallory = user("mallory", "mallory@evil.test", "pro", "Mallory")
 
-    def chat(text: str, *, stream: bool = False) -> dict[str, Any]:
+    def chat(text: str, *, stream: bool = False, model: str = settings.model) -> dict[str, Any]:
         body: dict[str, Any] = {
-            "model": settings.model,
+            "model": model,
             "messages": [{"role": "user", "content": text}],
         }
         if stream:
@@ -163,6 +168,16 @@ def build_demo(host: str = "127.0.0.1", port: int = 8000) -> Demo:
             chat("am I rate limited"),
             200,
             note="run it 4 times within a minute: the 4th answers 429 rate_limited",
+        ),
+        DemoCommand(
+            f"bob (tier free) asks for {PREMIUM_MODEL}, the model the route policy keeps for pro",
+            "POST",
+            "/v1/chat/completions",
+            (("Authorization", f"Bearer {bob}"),),
+            chat("may I use the premium model", model=PREMIUM_MODEL),
+            403,
+            "policy_denied",
+            note="refused before the rate limit, so it costs bob no quota; with alice's token: 200",
         ),
         DemoCommand(
             "mallory@evil.test holds a valid token, from a domain that is not allowed",

@@ -1,7 +1,8 @@
 """A tiny deterministic chat model and the OpenAI chat-completions shapes it answers in.
 
 `echo-1` answers the last user message with its words in reverse order; it counts one token per
-word. It needs no network, so the demo and the tests run anywhere.
+word. It needs no network, so the demo and the tests run anywhere. The gateway also serves it
+under a premium name (`echo-4o`) that its route policy keeps for the pro tier.
 """
 
 from __future__ import annotations

@@ -73,6 +73,11 @@ class Settings:
     default_tier: str = "free"
     rate_limit_storage: str = "async+memory://"
     model: str = "echo-1"
+    # A second model only some tiers may use; RoutePolicy refuses it to the others. When the
+    # gateway forwards to an upstream, name one of the upstream's models (a glob like `gpt-4o*`
+    # works too); None turns the restriction off.
+    premium_model: str | None = "echo-4o"
+    premium_tiers: tuple[str, ...] = ("pro",)
     upstream_base_url: str | None = None
     upstream_api_key: str | None = field(default=None, repr=False)
     upstream_timeout: float = 60.0
@@ -81,6 +86,18 @@ class Settings:
     # Only the demo sets this: the app then publishes its own issuer's key set and discovery
     # document under /.well-known/, as an identity provider would.
     published_jwks: Mapping[str, Any] | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.premium_model is not None and not self.premium_tiers:
+            raise ValueError(
+                "premium_tiers is empty: name the tiers that may use the premium model "
+                "(GATEWAY_PREMIUM_TIERS=pro), or turn the restriction off (GATEWAY_PREMIUM_MODEL=)"
+            )
+
+    @property
+    def builtin_models(self) -> tuple[str, ...]:
+        """The models the built-in echo model answers as, when there is no upstream."""
+        return (self.model,) if self.premium_model is None else (self.model, self.premium_model)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -105,6 +122,8 @@ class Settings:
             default_tier=env.get("GATEWAY_DEFAULT_TIER", "free"),
             rate_limit_storage=env.get("GATEWAY_RATE_LIMIT_STORAGE", "async+memory://"),
             model=env.get("GATEWAY_MODEL", "echo-1"),
+            premium_model=env.get("GATEWAY_PREMIUM_MODEL", "echo-4o") or None,
+            premium_tiers=_split(env.get("GATEWAY_PREMIUM_TIERS", "pro")),
             upstream_base_url=env.get("UPSTREAM_BASE_URL") or None,
             upstream_api_key=env.get("UPSTREAM_API_KEY") or None,
         )

@@ -20,17 +20,19 @@ from litestar.middleware import DefineMiddleware
 from litestar.response import Stream
 
 from asgi_identity import (
+    ClaimMap,
     ConversationTagger,
     DomainAllowlist,
     EnforceIdentity,
     Identity,
     IdentityMiddleware,
+    JWTIssuer,
+    RoutePolicy,
+    TokenVerifier,
     UserRateLimit,
     get_identity,
     get_rate_limiter,
 )
-from asgi_identity.claims import ClaimMap
-from asgi_identity.tokens import JWTIssuer, TokenVerifier
 
 from ..gateway.model import (
     BadRequest,
@@ -41,6 +43,7 @@ from ..gateway.model import (
     parse_chat_request,
 )
 from ..gateway.observability import server_span_middleware
+from ..gateway.policy import route_policy_options
 from ..gateway.settings import Settings
 from ..gateway.upstream import Upstream, UpstreamError
 from ..gateway.views import identity_view, upstream_failure, usage_view
@@ -62,8 +65,8 @@ def _layer(middleware: Any, **options: Any) -> DefineMiddleware:
     return DefineMiddleware(middleware, **options)
 
 
-def identity_stack(settings: Settings) -> list[DefineMiddleware]:
-    """The five layers in the order of the flow: in Litestar the first listed runs first.
+def identity_middleware(settings: Settings) -> list[DefineMiddleware]:
+    """The layers in the order of the flow: in Litestar the first listed runs first.
 
     Litestar builds a middleware stack for every route. So that all routes share one key-set
     cache and one set of rate-limit counters, the verifier and the storage are built once here
@@ -94,6 +97,10 @@ def identity_stack(settings: Settings) -> list[DefineMiddleware]:
         stack.append(
             _layer(DomainAllowlist, domains=settings.allowed_domains, exclude_paths=public)
         )
+    # Before the limiter: a request the policy refuses spends none of the caller's quota.
+    policy = route_policy_options(settings, CHAT_PATH)
+    if policy is not None:
+        stack.append(_layer(RoutePolicy, **policy))
     stack += [
         _layer(
             UserRateLimit,
@@ -135,7 +142,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     @get("/v1/models")
     async def list_models(identity: CurrentIdentity) -> Any:
         if upstream is None:
-            return models_body([settings.model])
+            return models_body(settings.builtin_models)
         try:
             return await upstream.models()
         except (UpstreamError, httpx.HTTPError) as exc:
@@ -170,7 +177,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
                 status, error = upstream_failure(exc)
                 return _json_error(error, status)
 
-        if chat.model != settings.model:
+        if chat.model not in settings.builtin_models:
             error = BadRequest(f"model {chat.model!r} does not exist", "model").body()
             error["error"]["code"] = "model_not_found"
             return _json_error(error, 404)
@@ -202,6 +209,6 @@ def create_app(settings: Settings | None = None) -> Litestar:
     return Litestar(
         route_handlers=handlers,
         dependencies={"identity": Provide(current_identity)},
-        middleware=[_layer(span_middleware, **span_options), *identity_stack(settings)],
+        middleware=[_layer(span_middleware, **span_options), *identity_middleware(settings)],
         lifespan=[lifespan],
     )
