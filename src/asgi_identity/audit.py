@@ -1,0 +1,507 @@
+"""Audit records: one per decision, as OpenTelemetry log records and in a tamper-evident file.
+
+The file is JSON Lines; each record carries `seq` and `mac`, an HMAC-SHA256 over the previous
+record's MAC and this record's canonical JSON, so a changed, removed or reordered record breaks
+the chain at the first place it was touched. See docs/audit.md.
+"""
+
+from __future__ import annotations
+
+import atexit
+import hashlib
+import hmac
+import inspect
+import json
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+from opentelemetry import trace
+
+from ._asgi import Scope
+
+if TYPE_CHECKING:
+    from .identity import Identity
+
+Outcome = Literal["allow", "deny", "observe"]
+Emit = Literal["otel", "logging", "none"]
+
+AUDIT_LOGGER_NAME: Final = "asgi_identity.audit"
+EVENT_NAME: Final = "asgi_identity.audit"
+_OUTCOMES: Final = frozenset({"allow", "deny", "observe"})
+_EMITS: Final = frozenset({"otel", "logging", "none"})
+_MIN_KEY_BYTES: Final = 16
+
+logger = logging.getLogger(AUDIT_LOGGER_NAME)
+_internal_logger = logging.getLogger("asgi_identity")
+
+# The OpenTelemetry logs API still lives in a private module and has changed between releases:
+# import it guarded, and pass only the keywords every supported release accepts.
+try:
+    from opentelemetry import _logs as _otel_logs
+
+    _LOG_RECORD_PARAMS = frozenset(inspect.signature(_otel_logs.LogRecord.__init__).parameters)
+    _INFO: Any = _otel_logs.SeverityNumber.INFO
+except ImportError:  # pragma: no cover - an API without the logs signal
+    _otel_logs = None  # type: ignore[assignment]
+    _LOG_RECORD_PARAMS = frozenset()
+    _INFO = None
+try:  # the placeholder until an SDK provider is set
+    from opentelemetry._logs import _internal as _logs_internal
+    from opentelemetry._logs._internal import ProxyLoggerProvider
+
+    _NOT_RECORDING_PROVIDERS: tuple[type, ...] = (
+        ProxyLoggerProvider,
+        _otel_logs.NoOpLoggerProvider,
+    )
+except ImportError:  # pragma: no cover - a future API without it: always emit
+    _logs_internal = None  # type: ignore[assignment]
+    _NOT_RECORDING_PROVIDERS = ()
+
+
+def _canonical(record: Mapping[str, Any]) -> bytes:
+    return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _mac(key: bytes, previous: str, canonical: bytes) -> str:
+    return hmac.new(key, previous.encode("ascii") + b"\n" + canonical, hashlib.sha256).hexdigest()
+
+
+def _key_bytes(key: bytes | str, where: str) -> bytes:
+    if isinstance(key, str):
+        key = key.encode("utf-8")
+    if not isinstance(key, bytes):
+        raise TypeError(f"{where}: the audit key must be bytes or str")
+    if not key:
+        raise ValueError(f"{where}: the audit key must not be empty")
+    return key
+
+
+# ------------------------------------------------------------------------------ the file
+
+
+class AuditFile:
+    """Appends records to a JSON Lines file, each chained to the one before by HMAC-SHA256.
+
+    `append()` only queues the record: a writer thread serializes, signs and writes, so the
+    event loop never waits on the disk. An existing file is continued where its chain ends.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        key: bytes | str,
+        *,
+        fsync: bool = False,
+        max_pending: int = 100_000,
+    ) -> None:
+        key = _key_bytes(key, "AuditFile")
+        if len(key) < _MIN_KEY_BYTES:
+            raise ValueError(f"AuditFile: the audit key must be at least {_MIN_KEY_BYTES} bytes")
+        if max_pending < 1:
+            raise ValueError("AuditFile: max_pending must be at least 1")
+        self.path = Path(path)
+        self._key = key
+        self._fsync = fsync
+        self._max_pending = max_pending
+        self._previous, self._seq = _chain_end(self.path, key)
+        self._file = self.path.open("ab")
+        self._queue: deque[dict[str, Any]] = deque()
+        self._cond = threading.Condition()
+        self._pending = 0
+        self._closing = False
+        self.dropped = 0
+        self._thread = threading.Thread(
+            target=self._run, name=f"asgi-identity-audit:{self.path.name}", daemon=True
+        )
+        self._thread.start()
+
+    def append(self, record: dict[str, Any]) -> None:
+        """Queue `record` (a JSON-able dict, without `seq`/`mac`) to be signed and written."""
+        with self._cond:
+            if self._closing:
+                raise RuntimeError(f"AuditFile {self.path} is closed")
+            if self._pending >= self._max_pending:
+                # The disk cannot keep up: losing a record is bad, stalling every request worse.
+                self.dropped += 1
+                if self.dropped == 1 or self.dropped % 10_000 == 0:
+                    _internal_logger.error(
+                        "audit file %s is not keeping up: %d records dropped",
+                        self.path,
+                        self.dropped,
+                    )
+                return
+            self._queue.append(record)
+            self._pending += 1
+            self._cond.notify()
+
+    def flush(self, timeout: float | None = 10.0) -> bool:
+        """Wait until every queued record is on disk; False if `timeout` ran out first."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._pending == 0, timeout)
+
+    def close(self, timeout: float | None = 10.0) -> None:
+        with self._cond:
+            if self._closing:
+                return
+            self._closing = True
+            self._cond.notify_all()
+        self._thread.join(timeout)
+        self._file.close()
+
+    @property
+    def last_mac(self) -> str:
+        return self._previous
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: bool(self._queue) or self._closing)
+                batch = list(self._queue)
+                self._queue.clear()
+                if not batch and self._closing:
+                    return
+            try:
+                self._write(batch)
+            except Exception:  # the writer must outlive a bad record or a full disk
+                _internal_logger.exception("audit file %s: could not write records", self.path)
+            finally:
+                with self._cond:
+                    self._pending -= len(batch)
+                    self._cond.notify_all()
+
+    def _write(self, batch: list[dict[str, Any]]) -> None:
+        lines = []
+        for record in batch:
+            self._seq += 1
+            signed = dict(record)
+            signed["seq"] = self._seq
+            canonical = _canonical(signed)
+            mac = _mac(self._key, self._previous, canonical)
+            self._previous = mac
+            signed["mac"] = mac
+            lines.append(_canonical(signed) + b"\n")
+        self._file.write(b"".join(lines))
+        self._file.flush()
+        if self._fsync:
+            os.fsync(self._file.fileno())
+
+
+def _chain_end(path: Path, key: bytes) -> tuple[str, int]:
+    """The MAC and sequence number the next record continues from (empty file: "", 0)."""
+    if not path.exists() or path.stat().st_size == 0:
+        return "", 0
+    result = verify_audit_file(path, key)
+    if not result.ok:
+        raise ValueError(
+            f"audit file {path} does not verify ({result.reason} at line {result.line}); "
+            "move it aside before appending, and keep it as evidence"
+        )
+    return result.last_mac or "", result.records
+
+
+# ------------------------------------------------------------------------------ verification
+
+
+@dataclass(frozen=True, slots=True)
+class AuditVerification:
+    """The result of `verify_audit_file()`: true when the whole chain holds.
+
+    `line` (1-based) and `reason` name the first broken record; `records` counts the records
+    verified before it. Keep `last_mac` somewhere else to detect records cut from the end.
+    """
+
+    ok: bool
+    records: int
+    line: int | None = None
+    reason: str | None = None
+    last_mac: str | None = None
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+
+def verify_audit_file(path: str | Path, key: bytes | str) -> AuditVerification:
+    """Check every record's sequence number and MAC chain; name the first broken record."""
+    key = _key_bytes(key, "verify_audit_file")
+    previous = ""
+    count = 0
+
+    def broken(line: int, reason: str) -> AuditVerification:
+        return AuditVerification(False, count, line, reason, previous or None)
+
+    with Path(path).open("rb") as file:
+        for line_number, raw in enumerate(file, start=1):
+            if not raw.strip():
+                return broken(line_number, "empty line inside the file")
+            try:
+                record = json.loads(raw)
+            except ValueError:
+                return broken(line_number, "not a JSON record (truncated or edited)")
+            if not isinstance(record, dict):
+                return broken(line_number, "not a JSON object")
+            mac = record.pop("mac", None)
+            seq = record.get("seq")
+            if not isinstance(mac, str) or not isinstance(seq, int) or isinstance(seq, bool):
+                return broken(line_number, "the record has no seq or mac")
+            expected = count + 1
+            if seq > expected:
+                return broken(
+                    line_number,
+                    f"record {expected} is missing: the sequence jumps from {count} to {seq} "
+                    "(removed or moved)",
+                )
+            if seq < expected:
+                return broken(
+                    line_number,
+                    f"record {seq} is out of order: it comes after record {count}",
+                )
+            if not hmac.compare_digest(mac, _mac(key, previous, _canonical(record))):
+                return broken(
+                    line_number,
+                    f"record {seq} was changed: its MAC does not match (or the key is wrong)",
+                )
+            previous = mac
+            count += 1
+    return AuditVerification(True, count, None, None, previous or None)
+
+
+# ------------------------------------------------------------------------------ recording
+
+
+class _Audit:
+    __slots__ = (
+        "_explicit_provider",
+        "emit",
+        "file",
+        "otel_logger",
+        "policy_version",
+        "record_allowed",
+    )
+
+    def __init__(
+        self,
+        *,
+        emit: Emit = "otel",
+        file: AuditFile | None = None,
+        logger_provider: Any = None,
+        policy_version: str | None = None,
+        record_allowed: bool = True,
+    ) -> None:
+        self.emit = emit
+        self.file = file
+        self.policy_version = policy_version
+        self.record_allowed = record_allowed
+        self.otel_logger: Any = None
+        self._explicit_provider = logger_provider is not None
+        if emit == "otel" and _otel_logs is not None:
+            # A ProxyLogger when no SDK is set yet: it follows a provider installed later.
+            self.otel_logger = (
+                logger_provider.get_logger(AUDIT_LOGGER_NAME)
+                if logger_provider is not None
+                else _otel_logs.get_logger(AUDIT_LOGGER_NAME)
+            )
+
+    def active(self) -> bool:
+        if self.file is not None:
+            return True
+        if self.emit == "logging":
+            return logger.isEnabledFor(logging.INFO)
+        if self.emit == "otel" and self.otel_logger is not None:
+            return _otel_logs_live(self)
+        return False
+
+
+def _otel_logs_live(state: _Audit) -> bool:
+    if state._explicit_provider:
+        return True
+    # get_logger_provider() reads the environment on every call until a provider is set.
+    if _logs_internal is not None and getattr(_logs_internal, "_LOGGER_PROVIDER", 0) is None:
+        return False
+    if isinstance(_otel_logs.get_logger_provider(), _NOT_RECORDING_PROVIDERS):
+        return False
+    # A provider can be set only once, so once live always live.
+    state._explicit_provider = True
+    return True
+
+
+_audit = _Audit()
+_configure_lock = threading.Lock()
+
+
+def configure_audit(
+    *,
+    path: str | Path | None = None,
+    key: bytes | str | None = None,
+    emit: Emit = "otel",
+    policy_version: str | None = None,
+    record_allowed: bool = True,
+    logger_provider: Any = None,
+    fsync: bool = False,
+) -> AuditFile | None:
+    """Set where audit records go. Call once at start-up; returns the file writer, if any.
+
+    - `emit`: "otel" (an OpenTelemetry log record per decision, through the global or the given
+      `logger_provider`), "logging" (the stdlib logger `asgi_identity.audit`, at INFO), or
+      "none" (the file only).
+    - `path` and `key`: also append every record to this tamper-evident JSON Lines file.
+    - `policy_version`: written into every record, to tell which rules decided.
+    - `record_allowed`: False keeps only refusals (and observe-mode would-be refusals).
+    """
+    if emit not in _EMITS:
+        raise ValueError(f"configure_audit: emit must be 'otel', 'logging' or 'none', not {emit!r}")
+    if (path is None) != (key is None):
+        raise ValueError("configure_audit: an audit file needs both path and key")
+    if policy_version is not None and not isinstance(policy_version, str):
+        raise TypeError("configure_audit: policy_version must be a string")
+    file = AuditFile(path, key, fsync=fsync) if path is not None and key is not None else None
+    global _audit
+    with _configure_lock:
+        old = _audit
+        _audit = _Audit(
+            emit=emit,
+            file=file,
+            logger_provider=logger_provider,
+            policy_version=policy_version,
+            record_allowed=record_allowed,
+        )
+    if old.file is not None:
+        old.file.close()
+    return file
+
+
+def shutdown_audit() -> None:
+    """Write out what is queued and close the audit file (also done at interpreter exit)."""
+    global _audit
+    with _configure_lock:
+        old = _audit
+        _audit = _Audit()
+    if old.file is not None:
+        old.file.close()
+
+
+atexit.register(shutdown_audit)
+
+
+def _timestamp(now: float) -> str:
+    return datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="microseconds")[:-6] + "Z"
+
+
+def build_record(
+    scope: Scope,
+    layer: str,
+    outcome: str,
+    reason: str | None,
+    identity: Identity | None,
+    *,
+    detail: str | None = None,
+    policy_version: str | None = None,
+    now: float | None = None,
+) -> dict[str, Any]:
+    """The audit record of one decision, as a JSON-able dict (None fields left out)."""
+    record: dict[str, Any] = {
+        "time": _timestamp(time.time() if now is None else now),
+        "outcome": outcome,
+        "layer": layer,
+    }
+    if reason is not None:
+        record["reason"] = reason
+    if detail is not None:
+        record["detail"] = detail
+    if identity is not None:
+        record["source"] = identity.source
+        for name in ("user_id", "email", "tenant", "group", "client_id", "issuer"):
+            value = getattr(identity, name)
+            if value is not None:
+                record[name] = value
+        if identity.actor is not None:
+            record["actor"] = list(identity.actor.chain)
+        if identity.api_key is not None:
+            record["api_key_id"] = identity.api_key.id
+        if identity.conversation_id is not None:
+            record["conversation_id"] = identity.conversation_id
+    method = scope.get("method")
+    record["method"] = method if method is not None else "WEBSOCKET"
+    record["path"] = scope.get("path", "")
+    client = scope.get("client")
+    if client:
+        record["client_address"] = client[0]
+    span_context = trace.get_current_span().get_span_context()
+    if span_context.is_valid:
+        record["trace_id"] = format(span_context.trace_id, "032x")
+        record["span_id"] = format(span_context.span_id, "016x")
+    if policy_version is not None:
+        record["policy_version"] = policy_version
+    return record
+
+
+def record_decision(
+    scope: Scope,
+    layer: str,
+    outcome: Outcome,
+    reason: str | None,
+    identity: Identity | None = None,
+    *,
+    detail: str | None = None,
+) -> None:
+    """Record one decision: `outcome` is "allow", "deny" or "observe", `reason` the error code.
+
+    The telemetry hooks call this for every refusal, observed refusal and authentication; call
+    it yourself only for decisions of your own.
+    """
+    if outcome not in _OUTCOMES:
+        raise ValueError(
+            f"record_decision: outcome must be allow, deny or observe, not {outcome!r}"
+        )
+    state = _audit
+    if outcome == "allow" and not state.record_allowed:
+        return
+    if not state.active():
+        return
+    record = build_record(
+        scope,
+        layer,
+        outcome,
+        reason,
+        identity,
+        detail=detail,
+        policy_version=state.policy_version,
+    )
+    if state.file is not None:
+        state.file.append(record)
+    if state.emit == "otel" and state.otel_logger is not None:
+        _emit_otel(state.otel_logger, record)
+    elif state.emit == "logging" and logger.isEnabledFor(logging.INFO):
+        logger.info(
+            "%s",
+            json.dumps(record, separators=(",", ":"), ensure_ascii=False),
+            extra={"audit": record},
+        )
+
+
+def _emit_otel(otel_logger: Any, record: dict[str, Any]) -> None:
+    attributes: dict[str, Any] = {
+        "asgi_identity.outcome": record["outcome"],
+        "asgi_identity.layer": record["layer"],
+    }
+    if "reason" in record:
+        attributes["error.type"] = record["reason"]
+    if "user_id" in record:
+        attributes["user.id"] = record["user_id"]
+    options: dict[str, Any] = {
+        "timestamp": time.time_ns(),
+        "severity_number": _INFO,
+        "severity_text": "INFO",
+        "body": record,
+        "attributes": attributes,
+    }
+    if "event_name" in _LOG_RECORD_PARAMS:
+        options["event_name"] = EVENT_NAME
+    otel_logger.emit(_otel_logs.LogRecord(**options))

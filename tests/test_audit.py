@@ -1,0 +1,353 @@
+"""Audit records: one per decision, as OpenTelemetry log records and a tamper-evident file."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
+from opentelemetry.sdk.trace import TracerProvider
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+
+from asgi_identity import APIKey, Identity, hash_api_key, telemetry
+from asgi_identity._asgi import ASGIApp
+from asgi_identity.audit import (
+    AuditFile,
+    configure_audit,
+    record_decision,
+    shutdown_audit,
+    verify_audit_file,
+)
+from asgi_identity.cli import main as cli_main
+from asgi_identity.middleware import DomainAllowlist, EnforceIdentity, IdentityMiddleware
+from asgi_identity.testing import LocalIssuer
+from asgi_identity.tokens import JWTIssuer
+
+AUDIT_KEY = b"audit-key-kept-in-a-secret-store"
+APP_KEY = "sk-ai-audit-test-key-00000001"
+
+
+@pytest.fixture(autouse=True)
+def _reset_audit() -> Iterator[None]:
+    yield
+    shutdown_audit()
+    telemetry.configure_telemetry()
+
+
+async def hello(request: Request) -> PlainTextResponse:
+    return PlainTextResponse("hello")
+
+
+def stack(issuer: LocalIssuer) -> ASGIApp:
+    app: ASGIApp = Starlette(routes=[Route("/v1/models", hello)])
+    app = DomainAllowlist(app, domains=["acme.com"])
+    app = EnforceIdentity(app)
+    return IdentityMiddleware(
+        app,
+        issuers=[JWTIssuer(issuer=issuer.issuer, audience="gateway", jwks=issuer.jwks)],
+        api_keys=[APIKey(id="app-1", sha256=hash_api_key(APP_KEY), tenant="acme", group="pro")],
+    )
+
+
+async def call(app: ASGIApp, headers: dict[str, str]) -> int:
+    transport = httpx.ASGITransport(app=app, client=("203.0.113.9", 4321))
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as http:
+        return (await http.get("/v1/models", headers=headers)).status_code
+
+
+def records(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+async def decisions_to_file(issuer: LocalIssuer, path: Path) -> list[dict[str, Any]]:
+    """Three requests: allowed alice (acting through an agent), a refused domain, a bare key."""
+    file = configure_audit(path=path, key=AUDIT_KEY, emit="none", policy_version="2024-06-01")
+    assert file is not None
+    app = stack(issuer)
+    alice = issuer.mint(sub="alice", email="alice@acme.com", act={"sub": "agent-7"})
+    mallory = issuer.mint(sub="mallory", email="mallory@evil.example")
+    assert await call(app, {"authorization": f"Bearer {alice}", "x-api-key": APP_KEY}) == 200
+    assert await call(app, {"authorization": f"Bearer {mallory}"}) == 403
+    assert await call(app, {"x-api-key": APP_KEY}) == 403
+    assert file.flush()
+    return records(path)
+
+
+# ------------------------------------------------------------------------------ what is recorded
+
+
+async def test_every_decision_is_one_record_naming_who_how_and_why(
+    issuer: LocalIssuer, tmp_path: Path
+) -> None:
+    path = tmp_path / "audit.jsonl"
+    written = await decisions_to_file(issuer, path)
+    summary = [(r["layer"], r["outcome"], r.get("reason"), r.get("user_id")) for r in written]
+    assert summary == [
+        ("IdentityMiddleware", "allow", None, "alice"),
+        ("IdentityMiddleware", "allow", None, "mallory"),
+        ("DomainAllowlist", "deny", "domain_not_allowed", "mallory"),
+        ("IdentityMiddleware", "allow", None, None),
+        ("EnforceIdentity", "deny", "identity_required", None),
+    ]
+    first = written[0]
+    assert first["actor"] == ["agent-7"]
+    assert first["api_key_id"] == "app-1"
+    assert first["client_id"] == "app-1"
+    assert first["tenant"] == "acme"
+    assert first["email"] == "alice@acme.com"
+    assert first["method"] == "GET"
+    assert first["path"] == "/v1/models"
+    assert first["client_address"] == "203.0.113.9"
+    assert first["policy_version"] == "2024-06-01"
+    assert first["time"].endswith("Z")
+    assert written[2]["detail"]  # the operator's explanation, never sent to the client
+    assert [r["seq"] for r in written] == [1, 2, 3, 4, 5]
+    result = verify_audit_file(path, AUDIT_KEY)
+    assert result.ok
+    assert result.records == 5
+    assert result.last_mac == written[-1]["mac"]
+
+
+async def test_refusals_only_when_allowed_decisions_are_not_wanted(
+    issuer: LocalIssuer, tmp_path: Path
+) -> None:
+    path = tmp_path / "audit.jsonl"
+    file = configure_audit(path=path, key=AUDIT_KEY, emit="none", record_allowed=False)
+    assert file is not None
+    app = stack(issuer)
+    assert await call(app, {"authorization": f"Bearer {issuer.mint(sub='alice')}"}) == 403
+    assert await call(app, {}) == 401
+    assert file.flush()
+    assert [(r["layer"], r["reason"]) for r in records(path)] == [
+        ("DomainAllowlist", "domain_not_allowed"),
+        ("IdentityMiddleware", "missing_credentials"),
+    ]
+
+
+async def test_records_are_opentelemetry_log_records_tied_to_the_request_trace(
+    issuer: LocalIssuer,
+) -> None:
+    exporter = InMemoryLogRecordExporter()  # type: ignore[no-untyped-call]
+    logger_provider = LoggerProvider()
+    logger_provider.add_log_record_processor(SimpleLogRecordProcessor(exporter))
+    tracer_provider = TracerProvider()
+    configure_audit(logger_provider=logger_provider, policy_version="7")
+    app = stack(issuer)
+    token = issuer.mint(sub="mallory", email="mallory@evil.example")
+    with tracer_provider.get_tracer("test").start_as_current_span("request") as span:
+        assert await call(app, {"authorization": f"Bearer {token}"}) == 403
+    trace_id = span.get_span_context().trace_id
+    logs = [item.log_record for item in exporter.get_finished_logs()]
+    assert [log.attributes["asgi_identity.outcome"] for log in logs] == ["allow", "deny"]  # type: ignore[index]
+    deny = logs[1]
+    assert deny.attributes is not None
+    assert deny.attributes["error.type"] == "domain_not_allowed"
+    assert deny.attributes["user.id"] == "mallory"
+    assert deny.event_name == "asgi_identity.audit"
+    assert deny.severity_text == "INFO"
+    assert deny.trace_id == trace_id
+    body = deny.body
+    assert isinstance(body, dict)
+    assert body["reason"] == "domain_not_allowed"
+    assert body["policy_version"] == "7"
+    assert body["trace_id"] == format(trace_id, "032x")
+    logger_provider.shutdown()
+
+
+async def test_records_can_go_to_the_stdlib_logger_instead(
+    issuer: LocalIssuer, caplog: pytest.LogCaptureFixture
+) -> None:
+    configure_audit(emit="logging")
+    with caplog.at_level(logging.INFO, logger="asgi_identity.audit"):
+        assert await call(stack(issuer), {}) == 401
+    [entry] = [r for r in caplog.records if r.name == "asgi_identity.audit"]
+    assert json.loads(entry.getMessage())["reason"] == "missing_credentials"
+    assert entry.audit["outcome"] == "deny"  # type: ignore[attr-defined]
+
+
+def test_nothing_is_built_when_no_sink_is_active() -> None:
+    # No file, no SDK logger provider, stdlib logger not enabled for INFO: the hook returns.
+    configure_audit()
+    record_decision({"type": "http"}, "Test", "deny", "invalid_token", None)
+
+
+def test_a_made_up_outcome_is_refused() -> None:
+    with pytest.raises(ValueError, match="allow, deny or observe"):
+        record_decision({"type": "http"}, "Test", "maybe", None)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------------ tamper evidence
+
+
+def write_records(path: Path, count: int) -> None:
+    file = AuditFile(path, AUDIT_KEY)
+    for number in range(count):
+        identity = Identity(source="jwt", user_id=f"user-{number}")
+        file.append({"outcome": "allow", "layer": "Test", "user_id": identity.user_id})
+    file.close()
+
+
+def edit_lines(path: Path, change: Any) -> None:
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(change(lines)))
+
+
+def changed(lines: list[str]) -> list[str]:
+    record = json.loads(lines[2])
+    record["outcome"] = "deny"
+    lines[2] = json.dumps(record, separators=(",", ":")) + "\n"
+    return lines
+
+
+def removed(lines: list[str]) -> list[str]:
+    del lines[2]
+    return lines
+
+
+def reordered(lines: list[str]) -> list[str]:
+    lines[2], lines[3] = lines[3], lines[2]
+    return lines
+
+
+def renumbered_after_removal(lines: list[str]) -> list[str]:
+    # A careful forger also fixes the sequence numbers: the MAC chain still breaks.
+    del lines[2]
+    for index in range(2, len(lines)):
+        record = json.loads(lines[index])
+        record["seq"] = index + 1
+        lines[index] = json.dumps(record, separators=(",", ":")) + "\n"
+    return lines
+
+
+@pytest.mark.parametrize(
+    ("tamper", "line", "reason"),
+    [
+        (changed, 3, "record 3 was changed"),
+        (removed, 3, "record 3 is missing"),
+        (reordered, 3, "record 3 is missing: the sequence jumps from 2 to 4"),
+        (renumbered_after_removal, 3, "record 3 was changed"),
+    ],
+)
+def test_verifier_names_the_first_broken_record(
+    tmp_path: Path, tamper: Any, line: int, reason: str
+) -> None:
+    path = tmp_path / "audit.jsonl"
+    write_records(path, 6)
+    assert verify_audit_file(path, AUDIT_KEY)
+    edit_lines(path, tamper)
+    result = verify_audit_file(path, AUDIT_KEY)
+    assert not result
+    assert result.line == line
+    assert result.reason is not None
+    assert result.reason.startswith(reason)
+    assert result.records == 2
+
+
+def test_a_reordered_record_is_reported_out_of_order_where_it_lands(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    write_records(path, 5)
+    edit_lines(path, lambda lines: [lines[0], lines[2], lines[1], lines[3], lines[4]])
+    result = verify_audit_file(path, AUDIT_KEY)
+    assert (result.line, result.reason) == (
+        2,
+        "record 2 is missing: the sequence jumps from 1 to 3 (removed or moved)",
+    )
+    # Put back in order, the file verifies again.
+    edit_lines(path, lambda lines: [lines[0], lines[2], lines[1], lines[3], lines[4]])
+    assert verify_audit_file(path, AUDIT_KEY)
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        ('{"outcome":"allow","seq":1,"mac":"00"', "not a JSON record (truncated or edited)"),
+        ("[1, 2]", "not a JSON object"),
+        ('{"outcome":"allow"}', "the record has no seq or mac"),
+        ("\n", "empty line inside the file"),
+    ],
+)
+def test_damaged_lines_are_named(tmp_path: Path, content: str, reason: str) -> None:
+    path = tmp_path / "audit.jsonl"
+    write_records(path, 2)
+    with path.open("a") as file:
+        file.write(content)
+    result = verify_audit_file(path, AUDIT_KEY)
+    assert (result.ok, result.line, result.reason, result.records) == (False, 3, reason, 2)
+
+
+def test_the_wrong_key_fails_at_the_first_record(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    write_records(path, 3)
+    result = verify_audit_file(path, b"not-the-audit-key-at-all")
+    assert (result.ok, result.line) == (False, 1)
+
+
+def test_a_restarted_writer_continues_the_chain(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    write_records(path, 3)
+    write_records(path, 2)
+    result = verify_audit_file(path, AUDIT_KEY)
+    assert (result.ok, result.records) == (True, 5)
+    assert [r["seq"] for r in records(path)] == [1, 2, 3, 4, 5]
+
+
+def test_a_writer_refuses_to_continue_a_tampered_file(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    write_records(path, 4)
+    edit_lines(path, removed)
+    with pytest.raises(ValueError, match="does not verify"):
+        AuditFile(path, AUDIT_KEY)
+
+
+def test_an_empty_file_verifies_with_no_records(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    path.write_text("")
+    assert verify_audit_file(path, AUDIT_KEY) == verify_audit_file(path, AUDIT_KEY.decode())
+    assert verify_audit_file(path, AUDIT_KEY).records == 0
+
+
+def test_the_cli_verifies_a_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "audit.jsonl"
+    write_records(path, 4)
+    monkeypatch.setenv("AUDIT_KEY", AUDIT_KEY.decode())
+    assert cli_main(["audit-verify", str(path), "--key-env", "AUDIT_KEY"]) == 0
+    assert "4 records" in capsys.readouterr().out
+    edit_lines(path, changed)
+    assert cli_main(["audit-verify", str(path), "--key-env", "AUDIT_KEY"]) == 1
+    assert "record 3 was changed" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ configuration
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "match"),
+    [
+        ({"emit": "syslog"}, ValueError, "emit must be"),
+        ({"path": "audit.jsonl"}, ValueError, "both path and key"),
+        ({"path": "audit.jsonl", "key": b"short"}, ValueError, "at least 16 bytes"),
+        ({"path": "audit.jsonl", "key": 42}, TypeError, "bytes or str"),
+        ({"policy_version": 3}, TypeError, "policy_version"),
+    ],
+)
+def test_bad_audit_settings_fail_at_start_up(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    options: dict[str, Any],
+    error: type[Exception],
+    match: str,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(error, match=match):
+        configure_audit(**options)
