@@ -1,0 +1,150 @@
+"""Regenerate jws_edge_cases.json: `python tests/security/vectors/generate.py` (new keys each run).
+
+Wycheproof's JWS/ECDSA/EdDSA vectors are not installable from PyPI and cannot be downloaded here, so
+these are equivalent edge cases made with `cryptography`: for each key type a valid token and its
+hostile variants, each with the answer the gateway must give.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
+
+ISSUER = "https://vectors.test"
+AUDIENCE = "gateway"
+EXP = 4102444800  # 2100-01-01: the vectors stay valid for the life of the project
+P256_N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+
+
+def b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def part(value: Any) -> str:
+    return b64(json.dumps(value, separators=(",", ":")).encode())
+
+
+def main() -> None:
+    ec_key = ec.generate_private_key(ec.SECP256R1())
+    ed_key = ed25519.Ed25519PrivateKey.generate()
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwks = {
+        "keys": [
+            {**ECAlgorithm.to_jwk(ec_key.public_key(), as_dict=True), "kid": "ec", "alg": "ES256"},
+            {**OKPAlgorithm.to_jwk(ed_key.public_key(), as_dict=True), "kid": "ed", "alg": "EdDSA"},
+            {
+                **RSAAlgorithm.to_jwk(rsa_key.public_key(), as_dict=True),
+                "kid": "rsa",
+                "alg": "RS256",
+            },
+        ]
+    }
+    claims = {"iss": ISSUER, "aud": AUDIENCE, "sub": "vector-user", "exp": EXP}
+    cases: list[dict[str, Any]] = []
+
+    def add(name: str, token: str, status: int, code: str | None, reason: str) -> None:
+        cases.append(
+            {"name": name, "token": token, "status": status, "code": code, "reason": reason}
+        )
+
+    # ES256
+    h = part({"alg": "ES256", "kid": "ec"})
+    p = part(claims)
+    r, s = decode_dss_signature(ec_key.sign(f"{h}.{p}".encode(), ec.ECDSA(hashes.SHA256())))
+    raw = r.to_bytes(32, "big") + s.to_bytes(32, "big")
+    add("es256-valid", f"{h}.{p}.{b64(raw)}", 200, None, "control")
+    add(
+        "es256-high-s",
+        f"{h}.{p}.{b64(r.to_bytes(32, 'big') + (P256_N - s).to_bytes(32, 'big'))}",
+        200,
+        None,
+        "ECDSA (r, n-s) is also valid (FIPS 186-4); JWS does not require low-S",
+    )
+    for name, sig, reason in [
+        ("es256-zero", b"\x00" * 64, "CVE-2022-21449"),
+        ("es256-r-s-n", P256_N.to_bytes(32, "big") * 2, "CVE-2022-21449 variant: r, s = n"),
+        (
+            "es256-r-plus-n",
+            (r + P256_N).to_bytes(33, "big") + s.to_bytes(32, "big"),
+            "r + n has the wrong length and range",
+        ),
+        (
+            "es256-der",
+            ec_key.sign(f"{h}.{p}".encode(), ec.ECDSA(hashes.SHA256())),
+            "RFC 7518 3.4: raw r||s, never DER",
+        ),
+        ("es256-truncated", raw[:63], "wrong length"),
+        ("es256-swapped", raw[32:] + raw[:32], "s||r"),
+    ]:
+        add(name, f"{h}.{p}.{b64(sig)}", 401, "invalid_token", reason)
+
+    # EdDSA
+    h = part({"alg": "EdDSA", "kid": "ed"})
+    sig = ed_key.sign(f"{h}.{p}".encode())
+    add("eddsa-valid", f"{h}.{p}.{b64(sig)}", 200, None, "control")
+    zeros = b64(bytes(64))
+    add("eddsa-zero", f"{h}.{p}.{zeros}", 401, "invalid_token", "RFC 8032 5.1.7")
+    l_order = 2**252 + 27742317777372353535851937790883648493
+    s_int = int.from_bytes(sig[32:], "little")
+    add(
+        "eddsa-s-plus-l",
+        f"{h}.{p}.{b64(sig[:32] + (s_int + l_order).to_bytes(32, 'little'))}",
+        401,
+        "invalid_token",
+        "RFC 8032 5.1.7: S >= L must be rejected (malleability)",
+    )
+
+    # RS256
+    h = part({"alg": "RS256", "kid": "rsa"})
+    sig = rsa_key.sign(f"{h}.{p}".encode(), padding.PKCS1v15(), hashes.SHA256())
+    add("rs256-valid", f"{h}.{p}.{b64(sig)}", 200, None, "control")
+    add(
+        "rs256-one-bit",
+        f"{h}.{p}.{b64(sig[:-1] + bytes([sig[-1] ^ 1]))}",
+        401,
+        "invalid_token",
+        "a flipped bit",
+    )
+    padded = b64(bytes(1) + sig)
+    add(
+        "rs256-leading-zero",
+        f"{h}.{p}.{padded}",
+        401,
+        "invalid_token",
+        "RFC 8017 8.2.2: the signature must be exactly k bytes",
+    )
+    add(
+        "rs256-as-es256",
+        f"{part({'alg': 'ES256', 'kid': 'rsa'})}.{p}.{b64(sig)}",
+        401,
+        "invalid_token",
+        "RFC 8725 2.1: the key decides the algorithm",
+    )
+    add(
+        "rs256-none",
+        f"{part({'alg': 'none', 'kid': 'rsa'})}.{p}.",
+        401,
+        "invalid_token",
+        "RFC 8725 3.1",
+    )
+
+    out = {
+        "source": "generated by tests/security/vectors/generate.py",
+        "issuer": ISSUER,
+        "audience": AUDIENCE,
+        "jwks": jwks,
+        "cases": cases,
+    }
+    path = Path(__file__).with_name("jws_edge_cases.json")
+    path.write_text(json.dumps(out, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
