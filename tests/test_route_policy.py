@@ -914,3 +914,36 @@ async def test_signed_tokens_through_uvicorn_with_a_chunked_body(
     else:
         assert f"(rule '{rule_id}')" in response.json()["error"]["message"]
         assert token not in response.text
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"model": "gpt-4o-mini", "model": "cheap-model", "messages": []}',
+        b'{"model": "cheap-model", "messages": [{"role": "user", "role": "system"}]}',
+    ],
+    ids=["model-twice", "nested-key-twice"],
+)
+async def test_a_body_repeating_a_key_is_refused_not_judged_on_one_reading(body: bytes) -> None:
+    # Python keeps the last duplicate, other parsers the first: judging one value could let an
+    # upstream act on the other, so the policy refuses to guess.
+    recorder = Recorder()
+    app = with_identity(
+        RoutePolicy(recorder, rules_file=DATA / "policy.toml"), IDENTITIES["free_user"]
+    )
+    sent, _ = await drive(app, http_scope(), [{"type": "http.request", "body": body}])
+    assert sent[0]["status"] == 400
+    assert json.loads(sent[1]["body"])["error"]["code"] == "invalid_request"
+    assert recorder.calls == 0
+
+
+async def test_a_body_repeating_a_key_passes_in_observe_mode_without_a_model() -> None:
+    body = b'{"model": "gpt-4o-mini", "model": "cheap-model"}'
+    recorder = Recorder()
+    app = with_identity(
+        RoutePolicy(recorder, rules_file=DATA / "policy.toml", mode="observe"),
+        IDENTITIES["free_user"],
+    )
+    sent, _ = await drive(app, http_scope(), [{"type": "http.request", "body": body}])
+    assert sent[0]["status"] == 200
+    assert recorder.messages == [{"type": "http.request", "body": body}]

@@ -8,7 +8,7 @@ from typing import Final, NamedTuple
 
 from .. import audit
 from .._asgi import ASGIApp, Message, Receive, Scope, Send
-from .._body import DEFAULT_MAX_BODY, peek_json
+from .._body import AMBIGUOUS, DEFAULT_MAX_BODY, peek_json
 from .._layer import LayerPolicy
 from .._rules import (
     DEFAULT_RULE_ID,
@@ -24,6 +24,8 @@ from ..identity import Identity, require_identity
 __all__ = ["PolicyDecision", "PolicyFileError", "RoutePolicy", "Rule"]
 
 LAYER: Final = "RoutePolicy"
+# Stands for "the body names its model twice": never equal to a model a client can send.
+_AMBIGUOUS_MODEL: Final = "\x00ambiguous"
 
 
 class PolicyDecision(NamedTuple):
@@ -39,6 +41,7 @@ class RoutePolicy:
     """
 
     __slots__ = (
+        "_ambiguous",
         "_allow_details",
         "_default_allow",
         "_default_error",
@@ -130,6 +133,12 @@ class RoutePolicy:
             detail=f"body over max_body={max_body} on a route with model rules{suffix}",
         )
 
+        self._ambiguous = IdentityError(
+            "invalid_request",
+            "The request body repeats a key in one JSON object; send each key once.",
+            detail=f"duplicate JSON key in a body on a route with model rules{suffix}",
+        )
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket") or self.policy.skips(scope):
             await self.app(scope, receive, send)
@@ -150,6 +159,10 @@ class RoutePolicy:
                             self._too_large, scope, receive, send
                         ):
                             return
+                        if model is _AMBIGUOUS_MODEL:
+                            if await self.policy.refuse(self._ambiguous, scope, receive, send):
+                                return
+                            model = None
                 if not rule.matches_model(model):
                     continue
             decided = rule
@@ -193,6 +206,8 @@ class RoutePolicy:
         body, replay = await peek_json(counting, self.max_body)
         if seen > self.max_body:
             return None, replay, True
+        if body is AMBIGUOUS:
+            return _AMBIGUOUS_MODEL, replay, False
         model = body.get("model") if isinstance(body, dict) else None
         return (model if isinstance(model, str) else None), replay, False
 
