@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
+import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +25,7 @@ from asgi_identity import APIKey, Identity, hash_api_key, telemetry
 from asgi_identity._asgi import ASGIApp
 from asgi_identity.audit import (
     AuditFile,
+    build_record,
     configure_audit,
     record_decision,
     shutdown_audit,
@@ -351,3 +355,79 @@ def test_bad_audit_settings_fail_at_start_up(
     monkeypatch.chdir(tmp_path)
     with pytest.raises(error, match=match):
         configure_audit(**options)
+
+
+# ------------------------------------------------------------------------------ cost-saving caches
+
+
+def test_repeated_identities_and_times_are_written_exactly(tmp_path: Path) -> None:
+    # Each identity's fields and each second's date are formatted once and reused: the records
+    # must still name the right person, conversation and instant.
+    path = tmp_path / "audit.jsonl"
+    file = configure_audit(path=path, key=AUDIT_KEY, emit="none")
+    assert file is not None
+    alice = Identity(source="jwt", user_id="alice", tenant="acme")
+    bob = Identity(source="api_key", user_id="bob", client_id="app-2")
+    scope: dict[str, Any] = {"type": "http", "method": "POST", "path": "/v1/chat"}
+    for identity in (alice, bob, alice, alice.replace(conversation_id="conv-9"), bob):
+        record_decision(scope, "Test", "allow", None, identity)
+    assert file.flush()
+    written = records(path)
+    assert [(r["user_id"], r.get("conversation_id"), r.get("tenant")) for r in written] == [
+        ("alice", None, "acme"),
+        ("bob", None, None),
+        ("alice", None, "acme"),
+        ("alice", "conv-9", "acme"),
+        ("bob", None, None),
+    ]
+    assert written[1]["client_id"] == "app-2"
+    assert "client_id" not in written[0]
+    assert verify_audit_file(path, AUDIT_KEY).ok
+
+
+@pytest.mark.parametrize(
+    ("now", "expected"),
+    [
+        (0.0, "1970-01-01T00:00:00.000000Z"),
+        (1_700_000_000.123456, "2023-11-14T22:13:20.123456Z"),
+        (1_700_000_000.9999996, "2023-11-14T22:13:21.000000Z"),  # rounds into the next second
+        (1_700_000_021.5, "2023-11-14T22:13:41.500000Z"),  # same minute, another second
+    ],
+)
+def test_record_times_are_utc_with_microseconds(now: float, expected: str) -> None:
+    record = build_record({"type": "http"}, "Test", "allow", None, None, now=now)
+    assert record["time"] == expected
+
+
+def test_a_logs_sdk_installed_after_start_up_gets_the_records() -> None:
+    # A fresh interpreter: the global logger provider can be set only once per process.
+    script = textwrap.dedent(
+        """
+        from opentelemetry import _logs
+        from opentelemetry.sdk._logs import LoggerProvider
+        from opentelemetry.sdk._logs.export import (
+            InMemoryLogRecordExporter,
+            SimpleLogRecordProcessor,
+        )
+        from asgi_identity.audit import configure_audit, record_decision
+        from asgi_identity.identity import Identity
+
+        configure_audit()
+        identity = Identity(source="jwt", user_id="alice")
+        for _ in range(3):  # no SDK yet: nothing to record, and the answer is remembered
+            record_decision({"type": "http"}, "Test", "allow", None, identity)
+
+        exporter = InMemoryLogRecordExporter()
+        provider = LoggerProvider()
+        provider.add_log_record_processor(SimpleLogRecordProcessor(exporter))
+        _logs.set_logger_provider(provider)
+        record_decision({"type": "http"}, "Test", "deny", "rate_limited", identity)
+        logs = [item.log_record for item in exporter.get_finished_logs()]
+        print([(log.attributes["asgi_identity.outcome"], log.body["user_id"]) for log in logs])
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[('deny', 'alice')]"

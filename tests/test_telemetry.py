@@ -17,8 +17,8 @@ import httpx
 import pytest
 from opentelemetry import propagate
 from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.metrics import Counter, MeterProvider, ObservableCounter
+from opentelemetry.sdk.metrics.export import AggregationTemporality, InMemoryMetricReader
 from opentelemetry.sdk.metrics.view import View
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -531,3 +531,95 @@ def test_actor_chain_is_only_set_for_nested_actors() -> None:
     )
     assert attributes["asgi_identity.actor.id"] == "agent-1"
     assert "asgi_identity.actor.chain" not in attributes
+
+
+# ------------------------------------------------------------------------------ cost-saving caches
+
+
+def test_counts_survive_reconfiguring_and_each_identity_keeps_its_own_series(otel: OTel) -> None:
+    # Counters are summed in the package and read by the SDK at collection; configuring again
+    # must neither lose the totals nor register a second callback that would double them.
+    scope: dict[str, Any] = {"type": "http", "path": "/", "headers": []}
+    alice = Identity(source="jwt", user_id="alice", group="pro")
+    bob = Identity(source="jwt", user_id="bob", group="free")
+    telemetry.on_identity(scope, alice)
+    telemetry.on_identity(scope, alice)
+    otel.configure(max_users=5)
+    telemetry.on_identity(scope, alice)
+    telemetry.on_identity(scope, bob)
+    counts = {
+        (point["user.id"], point["asgi_identity.group"]): value
+        for point, value in otel.points(telemetry.METRIC_REQUESTS)
+    }
+    assert counts == {("alice", "pro"): 3, ("bob", "free"): 1}
+
+
+def test_span_attributes_follow_the_settings_after_reconfiguring(otel: OTel) -> None:
+    # The attributes of an identity are built once per configuration, not once per process.
+    identity = Identity(source="jwt", user_id="alice", email="alice@acme.com")
+    tracer = otel.tracer_provider.get_tracer("test")
+    with tracer.start_as_current_span("before"):
+        telemetry.on_identity({"type": "http"}, identity)
+    otel.configure(record_email=True)
+    with tracer.start_as_current_span("after"):
+        telemetry.on_identity({"type": "http"}, identity)
+    [before] = otel.span_named("before")
+    [after] = otel.span_named("after")
+    assert "user.email" not in (before.attributes or {})
+    assert (after.attributes or {})["user.email"] == "alice@acme.com"
+    assert (after.attributes or {})["user.id"] == "alice"
+
+
+def test_usage_reported_with_a_per_request_identity_lands_on_the_same_series(otel: OTel) -> None:
+    # ConversationTagger gives each request its own Identity object; the series is the user's.
+    identity = Identity(source="jwt", user_id="alice", group="pro", client_id="chat-app")
+    telemetry.on_tokens(identity.replace(conversation_id="c-1"), 10, 1)
+    telemetry.on_tokens(identity.replace(conversation_id="c-2"), 5, 2)
+    telemetry.on_tokens(identity, -7, 0)  # a counter never goes down
+    tokens = {
+        point["gen_ai.token.type"]: (point, value)
+        for point, value in otel.points(telemetry.METRIC_TOKENS)
+    }
+    assert tokens["input"][1] == 15
+    assert tokens["output"][1] == 3
+    assert tokens["input"][0] == {
+        "user.id": "alice",
+        "asgi_identity.group": "pro",
+        "asgi_identity.client_id": "chat-app",
+        "gen_ai.token.type": "input",
+    }
+
+
+def test_delta_temporality_exports_what_happened_since_the_last_collection() -> None:
+    reader = InMemoryMetricReader(
+        preferred_temporality={
+            ObservableCounter: AggregationTemporality.DELTA,
+            Counter: AggregationTemporality.DELTA,
+        }
+    )
+    provider = MeterProvider(metric_readers=[reader])
+    telemetry.configure_telemetry(meter_provider=provider)
+    scope: dict[str, Any] = {"type": "http", "path": "/", "headers": []}
+    identity = Identity(source="jwt", user_id="alice")
+
+    def requests_counted() -> list[float]:
+        data = reader.get_metrics_data()
+        assert data is not None
+        return [
+            point.value  # type: ignore[union-attr]
+            for resource in data.resource_metrics
+            for scope_metrics in resource.scope_metrics
+            for metric in scope_metrics.metrics
+            if metric.name == telemetry.METRIC_REQUESTS
+            for point in metric.data.data_points
+        ]
+
+    try:
+        for _ in range(3):
+            telemetry.on_identity(scope, identity)
+        assert requests_counted() == [3]
+        telemetry.on_identity(scope, identity)
+        assert requests_counted() == [1]
+    finally:
+        telemetry.configure_telemetry()
+        provider.shutdown()

@@ -15,6 +15,7 @@ from _ratelimit_support import (
     delete_redis_keys,
     identify,
     llm_app,
+    redis_client,
     unique_prefix,
     until,
 )
@@ -269,3 +270,29 @@ async def test_settled_tokens_are_exported_as_a_metric_keyed_by_user() -> None:
     finally:
         telemetry.configure_telemetry()
         provider.shutdown()
+
+
+async def test_settlement_holds_when_the_redis_counter_has_no_expiry_yet() -> None:
+    """limits sets a new Redis counter's expiry in a second command; a request between the two
+    must still be settled to what it used, not keep its whole estimate."""
+    prefix = unique_prefix()
+    limiter = quota((REDIS_URI, prefix), tokens="100000/day")
+    try:
+        assert (
+            await complete(identify(limiter), max_tokens=300, x_completion=100)
+        ).status_code == 200
+        first = await tokens_used(limiter)
+        assert 100 <= first < 300  # settled from the usage, not the estimate
+        async with redis_client() as redis:
+            keys = [key async for key in redis.scan_iter(match=f"*{prefix}*")]
+            assert keys
+            for key in keys:
+                await redis.persist(key)  # as if another request's EXPIRE had not landed yet
+        assert (
+            await complete(identify(limiter), max_tokens=300, x_completion=100)
+        ).status_code == 200
+        assert await tokens_used(limiter) == 2 * first
+    finally:
+        for made in _made.pop(prefix, []):
+            await made.aclose()
+        await delete_redis_keys(prefix)

@@ -95,16 +95,31 @@ class TrustedNetworks:
 class Presented:
     """What one request carries, from a single pass over its headers."""
 
-    __slots__ = ("api_keys", "bearer_is_key", "cookie_tokens", "emails", "groups", "kept", "tokens")
+    __slots__ = (
+        "api_keys",
+        "bearer_is_key",
+        "cookie_tokens",
+        "emails",
+        "groups",
+        "kept",
+        "tokens",
+        "verified",
+    )
 
     def __init__(self) -> None:
         self.bearer_is_key = False
+        # The identity of a token the verifier has seen and still holds (set by IdentityMiddleware).
+        self.verified: Identity | None = None
         self.tokens: list[bytes] = []
         self.api_keys: list[bytes] = []
         self.emails: list[bytes] = []
         self.groups: list[bytes] = []
         self.cookie_tokens: list[bytes] = []
         self.kept: Headers = []
+
+
+# What a header is to HeaderReader, looked up by its normalized name.
+_TOKEN, _API_KEY, _EMAIL, _GROUP, _COOKIE = range(5)
 
 
 class HeaderReader:
@@ -115,6 +130,7 @@ class HeaderReader:
         "_cookie",
         "_email",
         "_group",
+        "_kinds",
         "_max_bytes",
         "_prefix",
         "_strip_api_key",
@@ -141,35 +157,51 @@ class HeaderReader:
         self._prefix = prefix
         self._strip_api_key = sanitize
         self._max_bytes = max_bytes
+        # One dictionary lookup per header instead of a comparison with every name. Listed in
+        # reverse priority, so a name configured twice keeps the kind the comparisons gave it.
+        kinds: dict[bytes, int] = {}
+        if token_cookie is not None and not b"cookie".startswith(prefix):
+            kinds[b"cookie"] = _COOKIE
+        if group_header is not None:
+            kinds[group_header] = _GROUP
+        kinds[email_header] = _EMAIL
+        if api_key_header is not None:
+            kinds[api_key_header] = _API_KEY
+        kinds[token_header] = _TOKEN
+        self._kinds = kinds
 
     def read(self, headers: Iterable[tuple[bytes, bytes]]) -> Presented:
         found = Presented()
         kept = found.kept
         prefix = self._prefix
+        kinds = self._kinds
         for raw_name, value in headers:
-            name = raw_name.lower()
-            if b"_" in name:
-                name = name.replace(b"_", b"-")
-            if name == self._token:
+            # ASGI servers send names in lower case; any other spelling is normalized first.
+            name = raw_name
+            if b"_" in name or not name.islower():
+                name = name.lower().replace(b"_", b"-")
+            kind = kinds.get(name)
+            if kind is None:
+                if not name.startswith(prefix):
+                    kept.append((raw_name, value))
+                # else: a spoofed forwarded identity header, in any spelling: dropped
+            elif kind == _TOKEN:
                 self._check_size(raw_name, value)
                 found.tokens.append(value)
                 kept.append((raw_name, value))
-            elif name == self._api_key:
+            elif kind == _API_KEY:
                 self._check_size(raw_name, value)
                 found.api_keys.append(value)
                 if not self._strip_api_key:
                     kept.append((raw_name, value))
-            elif name == self._email:
+            elif kind == _EMAIL:
                 # Identity assertions never reach the app as sent: it reads the verified identity.
                 # Their size is checked only if they are trusted (an address has its own limit).
                 found.emails.append(value)
-            elif name == self._group:
+            elif kind == _GROUP:
                 found.groups.append(value)
-            elif name.startswith(prefix):
-                pass  # a spoofed forwarded identity header, in any spelling: dropped
-            else:
-                if name == b"cookie" and self._cookie is not None:
-                    self._read_cookie(value, found.cookie_tokens)
+            else:  # the Cookie header, read for the token cookie and kept for the app
+                self._read_cookie(value, found.cookie_tokens)
                 kept.append((raw_name, value))
         return found
 

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple
 
 from limits.aio.storage import Storage
+from limits.storage import MemoryStorage as InProcessStorage
 
 from ._asgi import Message, Scope, Send
 from ._ratelimit import Window, content_length, requested_output_cap, seconds_until
@@ -23,14 +24,28 @@ BoundedCall = Callable[[Awaitable[Any]], Awaitable[Any]]
 class Reservation:
     """Tokens set aside up front for one request, settled against its real usage afterwards."""
 
-    __slots__ = ("estimate", "identity", "parts", "reported", "resets", "settled", "windows")
+    __slots__ = (
+        "estimate",
+        "identity",
+        "keys",
+        "parts",
+        "reported",
+        "resets",
+        "settled",
+        "windows",
+    )
 
     def __init__(
-        self, identity: Identity, parts: tuple[str, ...], windows: tuple[Window, ...]
+        self,
+        identity: Identity,
+        parts: tuple[str, ...],
+        windows: tuple[Window, ...],
+        keys: tuple[str, ...],
     ) -> None:
         self.identity = identity
         self.parts = parts
         self.windows = windows
+        self.keys = keys  # the counter of each window (TokenLedger.key)
         self.estimate = 0
         # When each window the reservation was made in ends: a refund after that is dropped.
         self.resets: list[float] = []
@@ -49,27 +64,48 @@ class TokenRefusal(NamedTuple):
         return self.left <= 0
 
 
-def estimate_tokens(body: Any, scope: Scope, default_output: int) -> int:
+def estimate_tokens(body: Any, scope: Scope, default_output: int, body_size: int = 0) -> int:
     """The request's output cap (or the default) plus its input at about four bytes a token."""
-    return (requested_output_cap(body) or default_output) + content_length(scope) // 4
+    # body_size counts a chunked body, which has no Content-Length.
+    size = max(content_length(scope), body_size)
+    return (requested_output_cap(body) or default_output) + size // 4
 
 
 class TokenLedger:
-    """Token counters on a `limits` storage, every call bounded by `call`."""
+    """Token counters on a `limits` storage, every call bounded by `call`.
 
-    __slots__ = ("_call", "key_prefix", "storage")
+    With `memory` (limits' synchronous memory storage) the counters live in this process and are
+    updated without awaiting anything.
+    """
 
-    def __init__(self, storage: Storage, call: BoundedCall, key_prefix: str) -> None:
+    __slots__ = ("_call", "_memory", "key_prefix", "storage")
+
+    def __init__(
+        self,
+        storage: Storage,
+        call: BoundedCall,
+        key_prefix: str,
+        memory: InProcessStorage | None = None,
+    ) -> None:
         self.storage = storage
         self._call = call
         self.key_prefix = key_prefix
+        self._memory = memory
 
     def key(self, parts: tuple[str, ...], window: Window) -> str:
         return "/".join((self.key_prefix, "tokens", *parts, str(window.seconds)))
 
     async def _incr(self, key: str, window: Window, amount: int) -> int:
+        if self._memory is not None:
+            return self._memory.incr(key, window.seconds, amount=amount)
         value: int = await self._call(self.storage.incr(key, window.seconds, amount=amount))
         return value
+
+    async def _expiry(self, key: str) -> float:
+        if self._memory is not None:
+            return self._memory.get_expiry(key)
+        reset: float = await self._call(self.storage.get_expiry(key))
+        return reset
 
     async def reserve(
         self,
@@ -80,11 +116,16 @@ class TokenLedger:
         """Set `estimate` aside in every window, or in none and say which window refused."""
         now = time.time()
         charged: list[tuple[str, Window]] = []
-        for window in reservation.windows:
-            key = self.key(reservation.parts, window)
+        for window, key in zip(reservation.windows, reservation.keys, strict=True):
             used = await self._incr(key, window, estimate)
             charged.append((key, window))
-            reset: float = await self._call(self.storage.get_expiry(key))
+            reset = await self._expiry(key)
+            if reset - now < 1.0:
+                # limits creates a Redis counter and sets its expiry in two commands: a request that
+                # lands between them finds no TTL yet (read as "ends now"; TTLs are whole seconds).
+                # The window has just begun; without this its settlement would take the window for
+                # over and keep the whole estimate.
+                reset = now + window.seconds
             retry = seconds_until(reset, now)
             if used > window.amount:
                 # Put back what this request set aside everywhere: it is not admitted.
@@ -107,10 +148,12 @@ class TokenLedger:
         if delta == 0:
             return
         now = time.time()
-        for window, reset in zip(reservation.windows, reservation.resets, strict=True):
+        for window, key, reset in zip(
+            reservation.windows, reservation.keys, reservation.resets, strict=True
+        ):
             if delta < 0 and now >= reset:
                 continue  # the window the reservation was made in is over; it left with it
-            await self._incr(self.key(reservation.parts, window), window, delta)
+            await self._incr(key, window, delta)
 
     async def charge(
         self, parts: tuple[str, ...], windows: tuple[Window, ...], amount: int
@@ -121,8 +164,11 @@ class TokenLedger:
     async def used(self, parts: tuple[str, ...], window: Window) -> tuple[int, float]:
         """(tokens used, when the window ends) for one window."""
         key = self.key(parts, window)
-        used = max(0, int(await self._call(self.storage.get(key))))
-        reset: float = await self._call(self.storage.get_expiry(key)) if used else time.time()
+        if self._memory is not None:
+            used = max(0, self._memory.get(key))
+        else:
+            used = max(0, int(await self._call(self.storage.get(key))))
+        reset = await self._expiry(key) if used else time.time()
         return used, reset
 
 

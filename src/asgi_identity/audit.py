@@ -278,7 +278,11 @@ def verify_audit_file(path: str | Path, key: bytes | str) -> AuditVerification:
 
 class _Audit:
     __slots__ = (
+        "_checked_provider",
         "_explicit_provider",
+        "_identity_fields",
+        "_idle_while",
+        "_logs_live",
         "emit",
         "file",
         "otel_logger",
@@ -301,6 +305,14 @@ class _Audit:
         self.record_allowed = record_allowed
         self.otel_logger: Any = None
         self._explicit_provider = logger_provider is not None
+        # The global provider last looked at and whether it records; a different one is
+        # looked at again, so an SDK installed after start-up is honoured.
+        self._checked_provider: Any = _UNCHECKED
+        self._logs_live = False
+        # The global logger provider under which there is nothing to record (no file, no
+        # logger provider given, emit="otel"), once seen; _UNCHECKED never matches.
+        self._idle_while: Any = _UNCHECKED
+        self._identity_fields: dict[int, tuple[Identity, dict[str, Any]]] = {}
         if emit == "otel" and _otel_logs is not None:
             # A ProxyLogger when no SDK is set yet: it follows a provider installed later.
             self.otel_logger = (
@@ -318,18 +330,50 @@ class _Audit:
             return _otel_logs_live(self)
         return False
 
+    def identity_fields(self, identity: Identity) -> dict[str, Any]:
+        # Identities of repeated tokens and keys are the same objects: read each one once.
+        found = self._identity_fields.get(id(identity))
+        if found is not None and found[0] is identity:
+            return found[1]
+        fields = _identity_fields(identity)
+        if len(self._identity_fields) >= _MAX_IDENTITIES:
+            self._identity_fields.clear()
+        # The entry holds the identity, so its id cannot be reused while it is cached.
+        self._identity_fields[id(identity)] = (identity, fields)
+        return fields
+
+
+_UNCHECKED: Final = object()
+
+
+_NO_GLOBAL: Final = object()
+
+
+class _NoGlobals:
+    # A future API without the private global: _otel_logs_live() asks the API each time.
+    _LOGGER_PROVIDER = _NO_GLOBAL
+
+
+_logs_globals: Any = _logs_internal if hasattr(_logs_internal, "_LOGGER_PROVIDER") else _NoGlobals
+_MAX_IDENTITIES: Final = 4096
+
 
 def _otel_logs_live(state: _Audit) -> bool:
     if state._explicit_provider:
         return True
-    # get_logger_provider() reads the environment on every call until a provider is set.
-    if _logs_internal is not None and getattr(_logs_internal, "_LOGGER_PROVIDER", 0) is None:
-        return False
-    if isinstance(_otel_logs.get_logger_provider(), _NOT_RECORDING_PROVIDERS):
-        return False
-    # A provider can be set only once, so once live always live.
-    state._explicit_provider = True
-    return True
+    # The API's global, read directly: get_logger_provider() reads the environment on every
+    # call until a provider is set. One identity check per request while it stays the same.
+    provider = _logs_globals._LOGGER_PROVIDER
+    if provider is _NO_GLOBAL:  # pragma: no cover - a future API without the private global
+        return not isinstance(_otel_logs.get_logger_provider(), _NOT_RECORDING_PROVIDERS)
+    if provider is state._checked_provider:
+        return state._logs_live
+    live = provider is not None and not isinstance(provider, _NOT_RECORDING_PROVIDERS)
+    state._logs_live = live
+    state._checked_provider = provider
+    if not live and state.file is None:
+        state._idle_while = provider
+    return live
 
 
 _audit = _Audit()
@@ -390,8 +434,34 @@ def shutdown_audit() -> None:
 atexit.register(shutdown_audit)
 
 
+# The formatted second of the last record: records come many a second, and formatting a date
+# costs more than the rest of the record. One tuple, replaced whole, so threads may share it.
+_last_second: tuple[int, str] = (-1, "")
+
+
 def _timestamp(now: float) -> str:
-    return datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="microseconds")[:-6] + "Z"
+    global _last_second
+    seconds, micros = divmod(round(now * 1_000_000), 1_000_000)
+    cached_second, prefix = _last_second
+    if seconds != cached_second:
+        prefix = datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+        _last_second = (seconds, prefix)
+    return f"{prefix}.{micros:06d}Z"
+
+
+def _identity_fields(identity: Identity) -> dict[str, Any]:
+    fields: dict[str, Any] = {"source": identity.source}
+    for name in ("user_id", "email", "tenant", "group", "client_id", "issuer"):
+        value = getattr(identity, name)
+        if value is not None:
+            fields[name] = value
+    if identity.actor is not None:
+        fields["actor"] = list(identity.actor.chain)
+    if identity.api_key is not None:
+        fields["api_key_id"] = identity.api_key.id
+    if identity.conversation_id is not None:
+        fields["conversation_id"] = identity.conversation_id
+    return fields
 
 
 def build_record(
@@ -404,8 +474,12 @@ def build_record(
     detail: str | None = None,
     policy_version: str | None = None,
     now: float | None = None,
+    fields: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The audit record of one decision, as a JSON-able dict (None fields left out)."""
+    """The audit record of one decision, as a JSON-able dict (None fields left out).
+
+    `fields`: `identity`'s part of the record when the caller has it cached already.
+    """
     record: dict[str, Any] = {
         "time": _timestamp(time.time() if now is None else now),
         "outcome": outcome,
@@ -416,17 +490,7 @@ def build_record(
     if detail is not None:
         record["detail"] = detail
     if identity is not None:
-        record["source"] = identity.source
-        for name in ("user_id", "email", "tenant", "group", "client_id", "issuer"):
-            value = getattr(identity, name)
-            if value is not None:
-                record[name] = value
-        if identity.actor is not None:
-            record["actor"] = list(identity.actor.chain)
-        if identity.api_key is not None:
-            record["api_key_id"] = identity.api_key.id
-        if identity.conversation_id is not None:
-            record["conversation_id"] = identity.conversation_id
+        record.update(_identity_fields(identity) if fields is None else fields)
     method = scope.get("method")
     record["method"] = method if method is not None else "WEBSOCKET"
     record["path"] = scope.get("path", "")
@@ -461,10 +525,14 @@ def record_decision(
             f"record_decision: outcome must be allow, deny or observe, not {outcome!r}"
         )
     state = _audit
+    # Nothing configured and no logs SDK: one identity check against the API's global.
+    if state._idle_while is _logs_globals._LOGGER_PROVIDER:
+        return
     if outcome == "allow" and not state.record_allowed:
         return
     if not state.active():
         return
+    now_ns = time.time_ns()
     record = build_record(
         scope,
         layer,
@@ -473,11 +541,13 @@ def record_decision(
         identity,
         detail=detail,
         policy_version=state.policy_version,
+        now=now_ns / 1e9,
+        fields=None if identity is None else state.identity_fields(identity),
     )
     if state.file is not None:
         state.file.append(record)
     if state.emit == "otel" and state.otel_logger is not None:
-        _emit_otel(state.otel_logger, record)
+        _emit_otel(state.otel_logger, record, now_ns)
     elif state.emit == "logging" and logger.isEnabledFor(logging.INFO):
         logger.info(
             "%s",
@@ -486,7 +556,7 @@ def record_decision(
         )
 
 
-def _emit_otel(otel_logger: Any, record: dict[str, Any]) -> None:
+def _emit_otel(otel_logger: Any, record: dict[str, Any], now_ns: int) -> None:
     attributes: dict[str, Any] = {
         "asgi_identity.outcome": record["outcome"],
         "asgi_identity.layer": record["layer"],
@@ -495,13 +565,16 @@ def _emit_otel(otel_logger: Any, record: dict[str, Any]) -> None:
         attributes["error.type"] = record["reason"]
     if "user_id" in record:
         attributes["user.id"] = record["user_id"]
-    options: dict[str, Any] = {
-        "timestamp": time.time_ns(),
-        "severity_number": _INFO,
-        "severity_text": "INFO",
-        "body": record,
-        "attributes": attributes,
-    }
-    if "event_name" in _LOG_RECORD_PARAMS:
-        options["event_name"] = EVENT_NAME
-    otel_logger.emit(_otel_logs.LogRecord(**options))
+    otel_logger.emit(
+        _otel_logs.LogRecord(
+            **_LOG_RECORD_CONSTANTS, timestamp=now_ns, body=record, attributes=attributes
+        )
+    )
+
+
+# The LogRecord keywords every record shares (only those this API release accepts).
+_LOG_RECORD_CONSTANTS: Final[dict[str, Any]] = {
+    "severity_number": _INFO,
+    "severity_text": "INFO",
+    **({"event_name": EVENT_NAME} if "event_name" in _LOG_RECORD_PARAMS else {}),
+}

@@ -9,7 +9,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import threading
-from collections.abc import Iterator, Mapping
+import weakref
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import lru_cache
@@ -17,7 +18,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
 
 from opentelemetry import baggage, context, metrics, trace
-from opentelemetry.metrics import MeterProvider
+from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
 from opentelemetry.trace import Span, Status, StatusCode
 
 from . import audit
@@ -176,6 +177,16 @@ except ImportError:  # pragma: no cover - a future API without it: always record
     _NOT_RECORDING_PROVIDERS = ()
 
 
+class _NoGlobals:
+    # A future API without the private global: never "no SDK yet", so metrics_on() decides.
+    _METER_PROVIDER = object()
+
+
+_metrics_globals: Any = (
+    _metrics_internal if hasattr(_metrics_internal, "_METER_PROVIDER") else _NoGlobals
+)
+
+
 def _global_meter_provider_set() -> bool:
     # get_meter_provider() reads the environment on every call until a provider is set (about
     # a microsecond); the API's own global says the same for the cost of an attribute read.
@@ -184,15 +195,161 @@ def _global_meter_provider_set() -> bool:
     return not isinstance(metrics.get_meter_provider(), _NOT_RECORDING_PROVIDERS)
 
 
+class _Cell:
+    """The running total of one attribute set of one counter."""
+
+    __slots__ = ("attributes", "value")
+
+    def __init__(self, attributes: dict[str, str]) -> None:
+        self.attributes = attributes
+        self.value = 0
+
+
+class _Tally:
+    """A counter summed here and handed to the SDK when it collects (an observable counter).
+
+    A synchronous `Counter.add` makes the SDK clean, validate and hash the attributes on every
+    call, tens of microseconds per request under load; adding to a total we keep costs a lock
+    and an integer add. The SDK reads the totals through the callback at each collection, so
+    exporters see the same monotonic sums.
+    """
+
+    __slots__ = ("_cells", "_lock")
+
+    def __init__(self) -> None:
+        self._cells: dict[tuple[tuple[str, str], ...], _Cell] = {}
+        self._lock = threading.Lock()
+
+    def cell(self, attributes: dict[str, str]) -> _Cell:
+        key = tuple(sorted(attributes.items()))
+        found = self._cells.get(key)
+        if found is None:
+            with self._lock:
+                found = self._cells.setdefault(key, _Cell(attributes))
+        return found
+
+    def add(self, cell: _Cell, amount: int) -> None:
+        with self._lock:
+            cell.value += amount
+
+    def observe(self, options: CallbackOptions) -> Iterable[Observation]:
+        with self._lock:
+            totals = [(cell.value, cell.attributes) for cell in self._cells.values()]
+        return [Observation(value, attributes) for value, attributes in totals if value]
+
+
+class _Instruments:
+    """The instruments of one meter provider, made once: re-registering an observable counter
+    keeps its first callbacks, so the totals live as long as the provider, like the SDK's own
+    series do (reconfiguring restarts only the per-user bounds)."""
+
+    __slots__ = (
+        "auth_duration",
+        "jwks_fetches",
+        "rate_limit_hits",
+        "rejections",
+        "requests",
+        "tokens",
+    )
+
+    def __init__(self, provider: MeterProvider | None) -> None:
+        meter = (
+            provider.get_meter(_SCOPE_NAME, _version())
+            if provider is not None
+            # A proxy when no SDK is set yet: it follows a provider installed later.
+            else metrics.get_meter(_SCOPE_NAME, _version())
+        )
+        self.requests = _Tally()
+        self.rejections = _Tally()
+        self.rate_limit_hits = _Tally()
+        self.tokens = _Tally()
+        for name, tally, unit, description in (
+            (
+                METRIC_REQUESTS,
+                self.requests,
+                "{request}",
+                "Requests seen by IdentityMiddleware, by authentication outcome",
+            ),
+            (
+                METRIC_REJECTIONS,
+                self.rejections,
+                "{request}",
+                "Requests refused (or, in observe mode, that would have been) by layer and code",
+            ),
+            (
+                METRIC_RATE_LIMIT_HITS,
+                self.rate_limit_hits,
+                "{request}",
+                "Requests over a rate limit or token quota",
+            ),
+            (METRIC_TOKENS, self.tokens, "{token}", "LLM tokens used, by user and tier"),
+        ):
+            meter.create_observable_counter(
+                name, callbacks=[tally.observe], unit=unit, description=description
+            )
+        # Recorded only on the cold path (a new token, a key set fetch): plain instruments.
+        self.auth_duration = meter.create_histogram(
+            METRIC_AUTH_DURATION,
+            unit="s",
+            description="Time spent authenticating a request",
+            explicit_bucket_boundaries_advisory=_DURATION_BUCKETS,
+        )
+        self.jwks_fetches = meter.create_counter(
+            METRIC_JWKS_FETCHES, unit="{fetch}", description="Key set fetches by outcome"
+        )
+
+
+_global_instruments: _Instruments | None = None
+_provider_instruments: weakref.WeakKeyDictionary[Any, _Instruments] = weakref.WeakKeyDictionary()
+_held_instruments: dict[int, tuple[MeterProvider, _Instruments]] = {}
+_instruments_lock = threading.Lock()
+
+
+def _instruments_for(provider: MeterProvider | None) -> _Instruments:
+    global _global_instruments
+    with _instruments_lock:
+        if provider is None:
+            if _global_instruments is None:
+                _global_instruments = _Instruments(None)
+            return _global_instruments
+        try:
+            found = _provider_instruments.get(provider)
+            if found is None:
+                found = _provider_instruments[provider] = _Instruments(provider)
+        except TypeError:  # a provider that cannot be weakly referenced: kept for good
+            held = _held_instruments.get(id(provider))
+            if held is None or held[0] is not provider:
+                held = _held_instruments[id(provider)] = (provider, _Instruments(provider))
+            found = held[1]
+        return found
+
+
 class _Instrument:
-    """One instrument and the bounded user (and client) values it has seen."""
+    """One counter and the bounded user (and client) values it has seen under this config."""
 
-    __slots__ = ("clients", "instrument", "users")
+    __slots__ = ("clients", "tally", "users")
 
-    def __init__(self, instrument: Any, max_users: int) -> None:
-        self.instrument = instrument
+    def __init__(self, tally: _Tally, max_users: int) -> None:
+        self.tally = tally
         self.users = _DistinctValues(max_users)
         self.clients = _DistinctValues(max_users)
+
+
+class _Seen:
+    """What one Identity object turns into, built at its first request and reused after."""
+
+    __slots__ = ("identity", "request_cell", "span_attributes")
+
+    def __init__(self, identity: Identity) -> None:
+        # Held so that id(identity), the cache key, cannot be reused while the entry lives.
+        self.identity = identity
+        self.span_attributes: dict[str, AttributeValue] | None = None
+        self.request_cell: _Cell | None = None
+
+
+# Verified tokens and API keys map to cached Identity objects, so a few thousand entries cover
+# the identities in use; past that the cache starts afresh rather than tracking recency.
+_MAX_SEEN: Final = 4096
 
 
 class _State:
@@ -205,6 +362,8 @@ class _State:
         "rate_limit_hits",
         "rejections",
         "requests",
+        "seen",
+        "token_cells",
         "tokens",
         "tracer",
         "user_attribute",
@@ -233,51 +392,16 @@ class _State:
             self.hash_user = None
         # Given an explicit provider, it is live; the global one is checked until an SDK appears.
         self._live = config.meter_provider is not None
-        meter = (
-            config.meter_provider.get_meter(_SCOPE_NAME, _version())
-            if config.meter_provider is not None
-            else metrics.get_meter(_SCOPE_NAME, _version())
-        )
+        instruments = _instruments_for(config.meter_provider)
         limit = config.max_users
-        self.requests = _Instrument(
-            meter.create_counter(
-                METRIC_REQUESTS,
-                unit="{request}",
-                description="Requests seen by IdentityMiddleware, by authentication outcome",
-            ),
-            limit,
-        )
-        self.rejections = _Instrument(
-            meter.create_counter(
-                METRIC_REJECTIONS,
-                unit="{request}",
-                description="Requests refused (or, in observe mode, that would have been) by layer and code",
-            ),
-            limit,
-        )
-        self.rate_limit_hits = _Instrument(
-            meter.create_counter(
-                METRIC_RATE_LIMIT_HITS,
-                unit="{request}",
-                description="Requests over a rate limit or token quota",
-            ),
-            limit,
-        )
-        self.tokens = _Instrument(
-            meter.create_counter(
-                METRIC_TOKENS, unit="{token}", description="LLM tokens used, by user and tier"
-            ),
-            limit,
-        )
-        self.auth_duration = meter.create_histogram(
-            METRIC_AUTH_DURATION,
-            unit="s",
-            description="Time spent authenticating a request",
-            explicit_bucket_boundaries_advisory=_DURATION_BUCKETS,
-        )
-        self.jwks_fetches = meter.create_counter(
-            METRIC_JWKS_FETCHES, unit="{fetch}", description="Key set fetches by outcome"
-        )
+        self.requests = _Instrument(instruments.requests, limit)
+        self.rejections = _Instrument(instruments.rejections, limit)
+        self.rate_limit_hits = _Instrument(instruments.rate_limit_hits, limit)
+        self.tokens = _Instrument(instruments.tokens, limit)
+        self.auth_duration = instruments.auth_duration
+        self.jwks_fetches = instruments.jwks_fetches
+        self.seen: dict[int, _Seen] = {}
+        self.token_cells: dict[tuple[str | None, str | None, str | None], tuple[_Cell, _Cell]] = {}
 
     def metrics_on(self) -> bool:
         if self._live:
@@ -290,6 +414,23 @@ class _State:
         self._live = True
         return True
 
+    def metrics_off(self) -> bool:
+        """metrics_on() negated, with the common answers in two attribute reads."""
+        if self._live:
+            return False
+        if _metrics_globals._METER_PROVIDER is None:  # no SDK set yet
+            return True
+        return not self.metrics_on()
+
+    def seen_entry(self, identity: Identity) -> _Seen:
+        entry = self.seen.get(id(identity))
+        if entry is not None and entry.identity is identity:
+            return entry
+        if len(self.seen) >= _MAX_SEEN:
+            self.seen.clear()
+        entry = self.seen[id(identity)] = _Seen(identity)
+        return entry
+
     def user_value(self, identity: Identity | None) -> str | None:
         if identity is None or identity.user_id is None:
             return None
@@ -298,12 +439,44 @@ class _State:
         return identity.user_id
 
     def user_attributes(
-        self, instrument: _Instrument, identity: Identity | None, attributes: dict[str, Any]
-    ) -> dict[str, Any]:
+        self, instrument: _Instrument, identity: Identity | None, attributes: dict[str, str]
+    ) -> dict[str, str]:
         user = self.user_value(identity)
         if user is not None:
             attributes[self.user_attribute] = instrument.users.admit(user)
         return attributes
+
+    def request_cell(self, identity: Identity) -> _Cell:
+        requests = self.requests
+        attributes = {ATTR_OUTCOME: "authenticated", ATTR_SOURCE: identity.source}
+        if identity.group is not None:
+            attributes[ATTR_GROUP] = identity.group
+        if identity.client_id is not None:
+            attributes[ATTR_CLIENT_ID] = requests.clients.admit(identity.client_id)
+        return requests.tally.cell(self.user_attributes(requests, identity, attributes))
+
+    def token_cells_of(self, identity: Identity) -> tuple[_Cell, _Cell]:
+        # Keyed by value, not by object: usage reported by the app comes with the identity
+        # ConversationTagger made for this one request.
+        key = (identity.user_id, identity.group, identity.client_id)
+        cells = self.token_cells.get(key)
+        if cells is not None:
+            return cells
+        tokens = self.tokens
+        base: dict[str, str] = {}
+        if identity.group is not None:
+            base[ATTR_GROUP] = identity.group
+        if identity.client_id is not None:
+            base[ATTR_CLIENT_ID] = tokens.clients.admit(identity.client_id)
+        self.user_attributes(tokens, identity, base)
+        cells = (
+            tokens.tally.cell({**base, ATTR_TOKEN_TYPE: "input"}),
+            tokens.tally.cell({**base, ATTR_TOKEN_TYPE: "output"}),
+        )
+        if len(self.token_cells) >= _MAX_SEEN:
+            self.token_cells.clear()
+        self.token_cells[key] = cells
+        return cells
 
 
 _state = _State(TelemetryConfig())
@@ -382,6 +555,24 @@ def telemetry_config() -> TelemetryConfig:
 
 # ------------------------------------------------------------------------------ request hooks
 
+_SPAN_KEY: str | None
+try:  # the context key the current span lives under; private, so guarded
+    from opentelemetry.trace.propagation import _SPAN_KEY
+except ImportError:  # pragma: no cover - a future API without it
+    _SPAN_KEY = None
+
+
+def _recording_span() -> Span | None:
+    """The current span if it records, else None (trace.get_current_span() minus a call)."""
+    span: Any
+    if _SPAN_KEY is None:  # pragma: no cover
+        span = trace.get_current_span()
+    else:
+        span = context.get_value(_SPAN_KEY)
+        if span is None:
+            return None
+    return span if span.is_recording() else None
+
 
 def identity_attributes(identity: Identity) -> dict[str, AttributeValue]:
     """The span attributes that describe `identity` under the current settings."""
@@ -395,7 +586,7 @@ def identity_attributes(identity: Identity) -> dict[str, AttributeValue]:
             attributes[ATTR_USER_ID] = user_id
             attributes[ATTR_ENDUSER_ID] = user_id
     if identity.roles:
-        attributes[ATTR_USER_ROLES] = sorted(identity.roles)
+        attributes[ATTR_USER_ROLES] = tuple(sorted(identity.roles))
     if identity.email is not None and state.config.record_email:
         attributes[ATTR_USER_EMAIL] = identity.email
     if identity.tenant is not None:
@@ -412,7 +603,7 @@ def identity_attributes(identity: Identity) -> dict[str, AttributeValue]:
     if actor is not None:
         attributes[ATTR_ACTOR] = actor.subject
         if actor.actor is not None:
-            attributes[ATTR_ACTOR_CHAIN] = list(actor.chain)
+            attributes[ATTR_ACTOR_CHAIN] = tuple(actor.chain)
     if identity.conversation_id is not None:
         attributes[ATTR_CONVERSATION] = identity.conversation_id
     return attributes
@@ -421,18 +612,23 @@ def identity_attributes(identity: Identity) -> dict[str, AttributeValue]:
 def on_identity(scope: Scope, identity: Identity) -> None:
     """IdentityMiddleware authenticated a request."""
     state = _state
-    if state.metrics_on():
-        requests = state.requests
-        attributes: dict[str, Any] = {ATTR_OUTCOME: "authenticated", ATTR_SOURCE: identity.source}
-        if identity.group is not None:
-            attributes[ATTR_GROUP] = identity.group
-        if identity.client_id is not None:
-            attributes[ATTR_CLIENT_ID] = requests.clients.admit(identity.client_id)
-        requests.instrument.add(1, state.user_attributes(requests, identity, attributes))
-    span = trace.get_current_span()
-    if span.is_recording():
-        attributes = identity_attributes(identity)
-        attributes[ATTR_DECISION] = "allow"
+    entry: _Seen | None = None
+    if not state.metrics_off():
+        entry = state.seen_entry(identity)
+        cell = entry.request_cell
+        if cell is None:
+            cell = entry.request_cell = state.request_cell(identity)
+        state.requests.tally.add(cell, 1)
+    span = _recording_span()
+    if span is not None:
+        if entry is None:
+            entry = state.seen_entry(identity)
+        attributes = entry.span_attributes
+        if attributes is None:
+            attributes = identity_attributes(identity)
+            attributes[ATTR_DECISION] = "allow"
+            entry.span_attributes = attributes
+        # One call with a dict built once per identity: the SDK still checks each value.
         span.set_attributes(attributes)
     audit.record_decision(scope, "IdentityMiddleware", "allow", None, identity)
 
@@ -441,21 +637,24 @@ def _count_refusal(
     state: _State, scope: Scope, layer: str, error: IdentityError, mode: str
 ) -> Identity | None:
     identity: Identity | None = scope.get(SCOPE_KEY)
-    if not state.metrics_on():
+    if state.metrics_off():
         return identity
     code = error.code
     rejections = state.rejections
-    attributes: dict[str, Any] = {ATTR_LAYER: layer, ATTR_ERROR_TYPE: code, ATTR_MODE: mode}
-    rejections.instrument.add(1, state.user_attributes(rejections, identity, attributes))
+    attributes = {ATTR_LAYER: layer, ATTR_ERROR_TYPE: code, ATTR_MODE: mode}
+    rejections.tally.add(
+        rejections.tally.cell(state.user_attributes(rejections, identity, attributes)), 1
+    )
     if code in _RATE_LIMIT_CODES:
         hits = state.rate_limit_hits
         attributes = {ATTR_ERROR_TYPE: code, ATTR_MODE: mode}
         if identity is not None and identity.group is not None:
             attributes[ATTR_GROUP] = identity.group
-        hits.instrument.add(1, state.user_attributes(hits, identity, attributes))
+        hits.tally.add(hits.tally.cell(state.user_attributes(hits, identity, attributes)), 1)
     if identity is None and mode == "enforce":
         # Refused before an identity existed: IdentityMiddleware itself said no.
-        state.requests.instrument.add(1, {ATTR_OUTCOME: "rejected", ATTR_ERROR_TYPE: code})
+        requests = state.requests.tally
+        requests.add(requests.cell({ATTR_OUTCOME: "rejected", ATTR_ERROR_TYPE: code}), 1)
     return identity
 
 
@@ -463,8 +662,8 @@ def on_rejection(scope: Scope, layer: str, error: IdentityError) -> None:
     """A layer refused the request with `error`."""
     state = _state
     identity = _count_refusal(state, scope, layer, error, "enforce")
-    span = trace.get_current_span()
-    if span.is_recording():
+    span = _recording_span()
+    if span is not None:
         span.set_status(Status(StatusCode.ERROR, error.code))
         span.set_attributes(
             {ATTR_DECISION: "deny", ATTR_DECISION_LAYER: layer, ATTR_ERROR_TYPE: error.code}
@@ -480,8 +679,8 @@ def on_observed(scope: Scope, layer: str, error: IdentityError) -> None:
     """A layer in observe mode would have refused the request with `error`, and let it through."""
     state = _state
     identity = _count_refusal(state, scope, layer, error, "observe")
-    span = trace.get_current_span()
-    if span.is_recording():
+    span = _recording_span()
+    if span is not None:
         event: dict[str, AttributeValue] = {ATTR_LAYER: layer, ATTR_ERROR_TYPE: error.code}
         if error.detail is not None:
             event[ATTR_DETAIL] = error.detail
@@ -490,28 +689,25 @@ def on_observed(scope: Scope, layer: str, error: IdentityError) -> None:
 
 
 def on_conversation(scope: Scope, conversation_id: str) -> None:
-    span = trace.get_current_span()
-    if span.is_recording():
+    # Its own call: the id differs per request, so it cannot join the cached identity dict.
+    span = _recording_span()
+    if span is not None:
         span.set_attribute(ATTR_CONVERSATION, conversation_id)
 
 
 def on_tokens(identity: Identity, input_tokens: int, output_tokens: int) -> None:
     """LLM tokens settled for `identity` (from the response's usage or reported by the app)."""
     state = _state
-    if state.metrics_on():
-        tokens = state.tokens
-        base: dict[str, Any] = {}
-        if identity.group is not None:
-            base[ATTR_GROUP] = identity.group
-        if identity.client_id is not None:
-            base[ATTR_CLIENT_ID] = tokens.clients.admit(identity.client_id)
-        state.user_attributes(tokens, identity, base)
-        if input_tokens:
-            tokens.instrument.add(input_tokens, {**base, ATTR_TOKEN_TYPE: "input"})
-        if output_tokens:
-            tokens.instrument.add(output_tokens, {**base, ATTR_TOKEN_TYPE: "output"})
-    span = trace.get_current_span()
-    if span.is_recording():
+    # A counter only goes up: a negative count from a confused upstream is not subtracted.
+    if (input_tokens > 0 or output_tokens > 0) and not state.metrics_off():
+        cell_in, cell_out = state.token_cells_of(identity)
+        tally = state.tokens.tally
+        if input_tokens > 0:
+            tally.add(cell_in, input_tokens)
+        if output_tokens > 0:
+            tally.add(cell_out, output_tokens)
+    span = _recording_span()
+    if span is not None:
         span.set_attributes({ATTR_USAGE_INPUT: input_tokens, ATTR_USAGE_OUTPUT: output_tokens})
 
 
@@ -569,6 +765,8 @@ def record_auth_duration(seconds: float, outcome: str, issuer: str | None = None
 # ------------------------------------------------------------------------------ baggage
 
 _NO_BAGGAGE_CHANGE: Final[AbstractContextManager[None]] = nullcontext()
+# The context key the API keeps baggage under (private, so looked up guarded).
+_BAGGAGE_KEY: Final[str | None] = getattr(baggage, "_BAGGAGE_KEY", None)
 
 
 class _AttachedContext:
@@ -599,7 +797,12 @@ def outgoing_baggage(identity: Identity) -> AbstractContextManager[None]:
     `with outgoing_baggage(identity): await app(scope, receive, send)`.
     """
     enabled = _state.config.identity_in_baggage
-    incoming: Mapping[str, object] = baggage.get_all()
+    incoming: Mapping[str, object] | None = (
+        # The baggage dict itself, without the read-only view get_all() wraps it in.
+        context.get_value(_BAGGAGE_KEY)  # type: ignore[assignment]
+        if _BAGGAGE_KEY is not None
+        else baggage.get_all()
+    )
     spoofed = [key for key in BAGGAGE_KEYS if key in incoming] if incoming else []
     if not enabled and not spoofed:
         return _NO_BAGGAGE_CHANGE

@@ -243,6 +243,7 @@ class IdentityMiddleware:
             headers.extend(self._forwarded(identity))
         scope["headers"] = headers
         set_identity(scope, identity)
+        # New per request: a handler may change them, and that must not reach the next request.
         if "user" not in scope:
             scope["user"] = IdentityUser(identity)
         if "auth" not in scope:
@@ -254,6 +255,7 @@ class IdentityMiddleware:
     def _forwarded(self, identity: Identity) -> list[tuple[bytes, bytes]]:
         # Identities repeat (cached tokens, keys): encode each one's headers once.
         hit = self._forward_cache.get(id(identity))
+        # The entry holds the identity itself, so its id cannot be reused while cached.
         if hit is not None and hit[0] is identity:
             return hit[1]
         encoded = forwarded_headers(identity, self._prefix)
@@ -303,7 +305,7 @@ class IdentityMiddleware:
 
         if token is not None:
             assert self._verifier is not None
-            identity = await self._verifier.verify(token)
+            identity = presented.verified or await self._verifier.verify(token)
             group = identity.group or header_group or (record.group if record else None)
             group = self._check_group(group or self._default_group)
             if record is None and group == identity.group:
@@ -383,6 +385,11 @@ class IdentityMiddleware:
         if presented.tokens:
             # An explicit header wins over a cookie the browser sends on its own.
             value = bearer_value(presented.tokens[0], scheme_required=self._bearer_scheme_required)
+            if self._verifier is not None:
+                # A token verified before (and not expired) is a JWT: one lookup settles both.
+                presented.verified = self._verifier.cached(value)
+                if presented.verified is not None:
+                    return value, None
             if looks_like_jwt(value):
                 return self._jwt_or_refuse(value), None
             if self._store is not None:

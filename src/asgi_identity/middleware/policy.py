@@ -41,8 +41,8 @@ class RoutePolicy:
     """
 
     __slots__ = (
-        "_ambiguous",
         "_allow_details",
+        "_ambiguous",
         "_default_allow",
         "_default_error",
         "_errors",

@@ -5,13 +5,18 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from typing import Any, Literal, NamedTuple, TypeVar
+from weakref import WeakKeyDictionary
 
 from limits.aio.storage import MemoryStorage, Storage
 from limits.aio.strategies import STRATEGIES, RateLimiter
+from limits.storage import MemoryStorage as InProcessStorage
 from limits.storage import storage_from_string
+from limits.strategies import STRATEGIES as IN_PROCESS_STRATEGIES
+from limits.strategies import RateLimiter as InProcessRateLimiter
 
 from .. import telemetry
 from .._asgi import ASGIApp, Message, Receive, Scope, Send
@@ -57,6 +62,82 @@ Windows = tuple[Window, ...] | None
 
 # Typed as factories: the mapping's value type is the abstract base class.
 _STRATEGIES: Mapping[str, Callable[[Storage], RateLimiter]] = STRATEGIES
+_IN_PROCESS_STRATEGIES: Mapping[str, Callable[[InProcessStorage], InProcessRateLimiter]] = (
+    IN_PROCESS_STRATEGIES
+)
+
+# Counting in this process needs no I/O, so limits' synchronous memory storage does it without the
+# async one's per-call lock, expiry task and await. One twin per async memory storage object:
+# limiters given the same object (Litestar's per-route copies) keep sharing their counters.
+_IN_PROCESS_TWINS: WeakKeyDictionary[MemoryStorage, InProcessStorage] = WeakKeyDictionary()
+# Bucket keys and limits of the identities seen lately; emptied when full.
+_PLAN_CACHE_SIZE = 4096
+
+
+# How often, at most, expired counters are swept out of memory (a counter read after its window is
+# dropped on the spot; the sweep only frees the ones nobody asks about again).
+_SWEEP_EVERY = 5.0
+
+
+class _SweptMemoryStorage(InProcessStorage):
+    """limits' memory storage, with expired entries swept inline every few seconds.
+
+    limits schedules the sweep on a 10 ms `threading.Timer`, which starts a new thread every
+    10 ms under load and makes the request that starts it wait for the thread: here that cost
+    more than the counting itself. The event loop is the only writer, so the sweep runs on it.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.timer.cancel()  # the one limits starts on construction; sweeps happen inline
+        self._next_sweep = time.monotonic() + _SWEEP_EVERY
+
+    # Overrides limits' private hook, so the name is the mangled one; if limits renames it, its
+    # own timer comes back: slower, never wrong.
+    def _MemoryStorage__schedule_expiry(self) -> None:
+        now = time.monotonic()
+        if now >= self._next_sweep:
+            self._next_sweep = now + _SWEEP_EVERY
+            self._MemoryStorage__expire_events()  # type: ignore[attr-defined]
+
+
+# limits wraps these methods of every Storage subclass (again for this one) to turn backend errors
+# into StorageError when wrap_exceptions is set; it is not set here and memory has no backend,
+# so the calls go straight to limits' own code.
+for _name in ("incr", "get", "get_expiry", "check", "reset", "clear"):
+    _method = getattr(InProcessStorage, _name)
+    setattr(_SweptMemoryStorage, _name, getattr(_method, "__wrapped__", _method))
+
+
+def _in_process_twin(storage: MemoryStorage) -> InProcessStorage:
+    twin = _IN_PROCESS_TWINS.get(storage)
+    if twin is None:
+        twin = _IN_PROCESS_TWINS[storage] = _SweptMemoryStorage()
+    return twin
+
+
+if sys.version_info >= (3, 11):
+
+    async def _within(call: Awaitable[T], seconds: float) -> T:
+        # asyncio.timeout() cancels in place; wait_for() would wrap every call in a task.
+        async with asyncio.timeout(seconds):
+            return await call
+
+else:  # pragma: no cover - Python 3.10
+
+    async def _within(call: Awaitable[T], seconds: float) -> T:
+        return await asyncio.wait_for(call, seconds)
+
+
+class _Plan(NamedTuple):
+    """What one identity's requests count against, worked out once per identity."""
+
+    requests: Windows
+    tokens: Windows
+    parts: tuple[str, ...]
+    request_ids: str  # the identifier limits' strategies key the request windows by
+    request_keys: tuple[str, ...]  # the fixed-window counters, one per request window
+    token_keys: tuple[str, ...]  # the token counters, one per token window
 
 
 class WindowUsage(NamedTuple):
@@ -144,6 +225,12 @@ class UserRateLimit:
                 f"UserRateLimit: the {strategy!r} strategy is not supported by "
                 f"{type(storage).__name__}"
             ) from None
+        # Only limits' own class: a subclass may count differently, so it keeps the async path.
+        self._memory: InProcessStorage | None = None
+        self._memory_limiter: InProcessRateLimiter | None = None
+        if type(built) is MemoryStorage:
+            self._memory = _in_process_twin(built)
+            self._memory_limiter = _IN_PROCESS_STRATEGIES[strategy](self._memory)
         self.strategy = strategy
         self._fixed = strategy == "fixed-window"
 
@@ -181,8 +268,14 @@ class UserRateLimit:
 
         #: Storage calls that failed or timed out (and requests decided without the storage).
         self.storage_errors = 0
-        self._tokens_ledger = TokenLedger(self.storage, self._call, key_prefix)
+        self._tokens_ledger = TokenLedger(self.storage, self._call, key_prefix, self._memory)
         self._policies: dict[tuple[Window, ...], bytes] = {}
+        self._plans: dict[int, tuple[Identity, _Plan]] = {}
+        self._refuse_anonymous = IdentityError(
+            "missing_credentials",
+            "Anonymous requests are not accepted: send a bearer token or an API key.",
+            detail="anonymous request refused by UserRateLimit(anonymous='refuse')",
+        )
         self._down_until = 0.0
         self._settling: set[asyncio.Task[None]] = set()
         self._retry_unavailable = str(max(1, round(self.storage_cooldown)))
@@ -224,6 +317,33 @@ class UserRateLimit:
             address = self._proxies.client_address(scope)
         return bucket_key(identity, address) or (identity.source, "unknown")
 
+    def _plan(self, identity: Identity, scope: Scope) -> _Plan:
+        # The same Identity object comes back for a repeated token or key (the verifier's cache),
+        # so its keys are joined and escaped once. Anonymous buckets depend on the address.
+        anonymous = identity.source == "anonymous"
+        if not anonymous:
+            hit = self._plans.get(id(identity))
+            # The entry holds the identity itself, so its id cannot be reused while cached.
+            if hit is not None and hit[0] is identity:
+                return hit[1]
+        requests, tokens = self.limits_for(identity)
+        parts = self._parts(identity, scope)
+        ids = "/".join((self.key_prefix, "requests", *parts))
+        ledger = self._tokens_ledger
+        plan = _Plan(
+            requests,
+            tokens,
+            parts,
+            ids,
+            tuple(window.storage_key(ids) for window in requests or ()),
+            tuple(ledger.key(parts, window) for window in tokens or ()),
+        )
+        if not anonymous:
+            if len(self._plans) >= _PLAN_CACHE_SIZE:
+                self._plans.clear()
+            self._plans[id(identity)] = (identity, plan)
+        return plan
+
     def _meters_tokens(self, scope: Scope) -> bool:
         if scope["type"] != "http" or scope.get("method") not in _BODY_METHODS:
             return False
@@ -250,7 +370,7 @@ class UserRateLimit:
 
     async def _bounded(self, call: Awaitable[T]) -> T:
         try:
-            return await asyncio.wait_for(call, self.storage_timeout)
+            return await _within(call, self.storage_timeout)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -280,36 +400,31 @@ class UserRateLimit:
         state[STATE_KEY] = self
 
         if identity.source == "anonymous" and self.anonymous != "by_address":
-            if self.anonymous == "refuse":
-                error = IdentityError(
-                    "missing_credentials",
-                    "Anonymous requests are not accepted: send a bearer token or an API key.",
-                    detail="anonymous request refused by UserRateLimit(anonymous='refuse')",
-                )
-                if await self.policy.refuse(error, scope, receive, send):
-                    return
+            refused = self.anonymous == "refuse"
+            if refused and await self.policy.refuse(self._refuse_anonymous, scope, receive, send):
+                return
             await self.app(scope, receive, send)
             return
 
-        requests, tokens = self.limits_for(identity)
+        plan = self._plan(identity, scope)
+        requests, tokens = plan.requests, plan.tokens
         meters_tokens = tokens is not None and self._meters_tokens(scope)
         if requests is None and not meters_tokens:
             await self.app(scope, receive, send)
             return
-        parts = self._parts(identity, scope)
         states: list[tuple[Window, int, int]] = []
         reservation: Reservation | None = None
         try:
             if not self._storage_usable():
                 raise RateLimitUnavailable("in cool-down after a storage error")
             if requests is not None:
-                refusal = await self._hit_requests(requests, parts, states)
+                refusal = await self._hit_requests(plan, requests, states)
                 if refusal is not None and await self.policy.refuse(refusal, scope, receive, send):
                     return
             if meters_tokens:
                 assert tokens is not None
                 receive, reservation, refusal = await self._reserve_tokens(
-                    scope, receive, identity, parts, tokens, states
+                    scope, receive, identity, plan, tokens, states
                 )
                 if refusal is not None and await self.policy.refuse(refusal, scope, receive, send):
                     return
@@ -341,30 +456,33 @@ class UserRateLimit:
 
     async def _hit_requests(
         self,
+        plan: _Plan,
         windows: tuple[Window, ...],
-        parts: tuple[str, ...],
         states: list[tuple[Window, int, int]],
     ) -> IdentityError | None:
         # Shortest window first: a burst refused by the per-second window does not eat into the
         # daily budget; a request refused by the daily window was counted by the short ones only.
-        # One identifier, joined once: the same key as limits builds from the parts.
-        ids = "/".join((self.key_prefix, "requests", *parts))
-        for window in windows:
+        memory = self._memory
+        for index, window in enumerate(windows):
             if self._fixed:
                 # The counter's new value says everything the headers need: one call, not two.
-                key = window.storage_key(ids)
-                count = await self._call(self.storage.incr(key, window.seconds))
+                key = plan.request_keys[index]
+                if memory is not None:
+                    count = memory.incr(key, window.seconds)
+                else:
+                    count = await self._call(self.storage.incr(key, window.seconds))
                 admitted = count <= window.amount
                 if self.headers or not admitted:
-                    reset = await self._call(self.storage.get_expiry(key))
+                    if memory is not None:
+                        reset = memory.get_expiry(key)
+                    else:
+                        reset = await self._call(self.storage.get_expiry(key))
                     retry = seconds_until(reset, time.time())
                     states.append((window, window.amount - count, retry))
             else:
-                admitted = await self._call(self._limiter.hit(window.item, ids))
+                admitted = await self._hit(window, plan.request_ids)
                 if self.headers or not admitted:
-                    reset, remaining = await self._call(
-                        self._limiter.get_window_stats(window.item, ids)
-                    )
+                    reset, remaining = await self._window_stats(window, plan.request_ids)
                     retry = seconds_until(reset, time.time())
                     states.append((window, remaining, retry))
             if not admitted:
@@ -376,6 +494,20 @@ class UserRateLimit:
                     detail=f"{window.name} limit of {window.amount} reached",
                 )
         return None
+
+    async def _hit(self, window: Window, ids: str) -> bool:
+        if self._memory_limiter is not None:
+            return self._memory_limiter.hit(window.item, ids)
+        admitted: bool = await self._call(self._limiter.hit(window.item, ids))
+        return admitted
+
+    async def _window_stats(self, window: Window, ids: str) -> tuple[float, int]:
+        """(when the window frees up, requests remaining) for `ids` in `window`."""
+        if self._memory_limiter is not None:
+            reset, remaining = self._memory_limiter.get_window_stats(window.item, ids)
+        else:
+            reset, remaining = await self._call(self._limiter.get_window_stats(window.item, ids))
+        return reset, remaining
 
     def _policy_header(self, states: list[tuple[Window, int, int]]) -> bytes:
         windows = tuple(window for window, _, _ in states)
@@ -399,19 +531,35 @@ class UserRateLimit:
         scope: Scope,
         receive: Receive,
         identity: Identity,
-        parts: tuple[str, ...],
+        plan: _Plan,
         windows: tuple[Window, ...],
         states: list[tuple[Window, int, int]],
     ) -> tuple[Receive, Reservation | None, IdentityError | None]:
-        body, receive = await peek_json(receive, self.max_body)
+        size = 0
+        source = receive
+
+        async def counting() -> Message:
+            nonlocal size
+            message = await source()
+            if message["type"] == "http.request":
+                size += len(message.get("body", b""))
+            return message
+
+        # A new name, not `receive`: `counting` reads `receive` when called, and rebinding it to
+        # the replay would make a read past the body call itself forever.
+        body, replay = await peek_json(counting, self.max_body)
         if not isinstance(body, dict):
-            return receive, None, None  # not an LLM call: nothing to reserve or settle
-        reservation = Reservation(identity, parts, windows)
-        estimate = estimate_tokens(body, scope, self.default_max_tokens)
+            if size <= self.max_body:
+                return replay, None, None  # not an LLM call: nothing to reserve or settle
+            # Too large to read is not "not an LLM call": padding a prompt past max_body must
+            # not make it free. Reserve the default and settle from the response as usual.
+            body = {}
+        reservation = Reservation(identity, plan.parts, windows, plan.token_keys)
+        estimate = estimate_tokens(body, scope, self.default_max_tokens, size)
         refusal = await self._tokens_ledger.reserve(reservation, estimate, states)
         if refusal is None:
-            return receive, reservation, None
-        return receive, reservation, self._token_error(refusal, states)
+            return replay, reservation, None
+        return replay, reservation, self._token_error(refusal, states)
 
     def _token_error(
         self, refusal: TokenRefusal, states: list[tuple[Window, int, int]]
@@ -451,11 +599,15 @@ class UserRateLimit:
             if not reservation.settled:
                 reservation.settled = True
                 charge, found = meter.outcome(reservation)
-                task = asyncio.ensure_future(self._settle(reservation, charge, found))
-                self._settling.add(task)
-                task.add_done_callback(self._settling.discard)
-                # Shielded: a client that disconnects must not cancel the accounting.
-                await asyncio.shield(task)
+                if self._memory is not None:
+                    # Counting in memory never suspends, so nothing can cancel it half-way.
+                    await self._settle(reservation, charge, found)
+                else:
+                    task = asyncio.ensure_future(self._settle(reservation, charge, found))
+                    self._settling.add(task)
+                    task.add_done_callback(self._settling.discard)
+                    # Shielded: a client that disconnects must not cancel the accounting.
+                    await asyncio.shield(task)
 
     async def _settle(
         self, reservation: Reservation, charge: int, found: TokenUsage | None
@@ -531,7 +683,7 @@ class UserRateLimit:
         ids = "/".join((self.key_prefix, "requests", *parts))
         result: list[WindowUsage] = []
         for window in requests or ():
-            reset, remaining = await self._call(self._limiter.get_window_stats(window.item, ids))
+            reset, remaining = await self._window_stats(window, ids)
             remaining = max(0, min(window.amount, remaining))
             result.append(
                 WindowUsage(
