@@ -293,3 +293,53 @@ def test_provider_presets(provider: str) -> None:
     got = identity(claims, provider)
     for field, value in expected.items():
         assert getattr(got, field) == value, field
+
+
+def test_an_address_seen_before_gives_the_same_normalized_email() -> None:
+    first = identity({"sub": "u-1", "email": "Alice@Acme.COM"})
+    second = identity({"sub": "u-1", "email": "Alice@Acme.COM"})
+    assert (
+        (first.email, first.domain)
+        == (second.email, second.domain)
+        == (
+            "alice@acme.com",
+            "acme.com",
+        )
+    )
+
+
+def test_a_malformed_address_is_refused_every_time() -> None:
+    for _ in range(2):
+        error = refused({"sub": "u-1", "email": "alice@@acme.com"})
+        assert error.detail is not None
+        assert error.detail.startswith("claim email:")
+
+
+@pytest.mark.parametrize(
+    ("depth", "leaf", "accepted"),
+    [
+        (32, "x", True),
+        (33, "x", False),
+        (32, [], True),
+        (32, {}, True),
+        (32, [1], False),
+        (33, [], False),
+    ],
+)
+def test_claims_nested_up_to_the_limit_are_kept_read_only(
+    depth: int, leaf: Any, accepted: bool
+) -> None:
+    # `depth` objects wrap the leaf: the leaf sits `depth` levels below the claims themselves.
+    nested: Any = leaf
+    for _ in range(depth - 1):
+        nested = {"n": nested}
+    claims = {"sub": "u-1", "deep": nested}
+    if not accepted:
+        refused(claims)
+        return
+    node: Any = identity(claims).claims["deep"]
+    for _ in range(depth - 1):
+        with pytest.raises(TypeError):
+            node["x"] = 1
+        node = node["n"]
+    assert node == (() if leaf == [] else leaf if not isinstance(leaf, dict) else {})

@@ -99,6 +99,18 @@ async def test_a_well_formed_id_reaches_the_app_and_is_echoed(conversation_id: s
     assert response.headers["x-conversation-id"] == conversation_id
 
 
+async def test_each_request_gets_its_own_conversation_and_the_caller_stays_untagged() -> None:
+    layer = ConversationTagger(APP)
+    seen = []
+    for conversation_id in ["conv-a", "conv-b", "conv-a", None, "conv-b"]:
+        headers = [] if conversation_id is None else [("x-conversation-id", conversation_id)]
+        response = await post(layer, headers)
+        assert response.status_code == 200
+        seen.append(response.json()["conversation"])
+    assert seen == ["conv-a", "conv-b", "conv-a", None, "conv-b"]
+    assert ALICE.conversation_id is None  # the identity it was given is never changed
+
+
 @pytest.mark.parametrize(
     "raw",
     [

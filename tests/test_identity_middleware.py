@@ -890,3 +890,66 @@ def test_forwarded_values_round_trip_and_stay_single_line(
     if roles:
         items = headers[b"x-user-roles"].decode().split(",")
         assert {unquote(item) for item in items} == roles
+
+
+# -- what is remembered between requests ----------------------------------------------------------
+
+
+async def test_a_flood_of_made_up_header_names_neither_grows_memory_nor_lets_spoofs_through() -> (
+    None
+):
+    # Header names are remembered with what they are, up to a bound; past it, each name is worked
+    # out again, and a forwarding-prefix header in any spelling is still removed.
+    app = Recorder()
+    middleware = IdentityMiddleware(app, api_keys=[key_record()])
+    for batch in range(4):
+        junk = [(f"x-junk-{batch}-{n}", "1") for n in range(200)]
+        assert (await call(middleware, [("x-api-key", KEY), *junk])).status == 200
+    spoofed = [(f"X_User_Id_{n}", "admin") for n in range(50)] + [("X_USER_ID", "admin")]
+    assert (await call(middleware, [("x-api-key", KEY), ("x-junk-9", "1"), *spoofed])).status == 200
+    assert app.header("x-junk-9") == ["1"]
+    assert app.forwarded() == {"x-user-source": "api_key", "x-user-client-id": "backend"}
+    assert len(middleware._reader._names) <= 512
+
+
+async def test_headers_reach_the_app_unchanged_when_nothing_is_removed_or_added() -> None:
+    app = Recorder()
+    middleware = IdentityMiddleware(app, api_keys=[key_record()], forward_headers=False)
+    scope = http_scope([("x-api-key", KEY), ("Accept", "application/json"), ("x-trace", "1")])
+    sent_headers = list(scope["headers"])
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        return None
+
+    await middleware(scope, receive, send)
+    assert app.scope is not None
+    assert app.scope["headers"] == sent_headers
+
+
+async def test_each_new_token_forwards_its_own_identity(issuer: LocalIssuer) -> None:
+    # Forwarded headers are reused for a person's next token only when every forwarded value
+    # is the same: a changed role or email shows at once.
+    app = Recorder()
+    middleware = IdentityMiddleware(app, issuers=[jwt_issuer(issuer)])
+    seen = []
+    people: list[dict[str, Any]] = [
+        {"sub": "alice", "roles": ["writer"]},
+        {"sub": "alice", "roles": ["writer"]},
+        {"sub": "alice", "roles": ["writer", "admin"]},
+        {"sub": "alice", "roles": ["writer"], "email": "alice@acme.com"},
+        {"sub": "bob", "roles": ["writer"]},
+    ]
+    for claims in people:
+        assert (await call(middleware, [bearer(issuer.mint(**claims))])).status == 200
+        seen.append(app.forwarded())
+    assert (
+        seen[0]
+        == seen[1]
+        == {"x-user-source": "jwt", "x-user-id": "alice", "x-user-roles": "writer"}
+    )
+    assert seen[2]["x-user-roles"] == "admin,writer"
+    assert seen[3]["x-user-email"] == "alice@acme.com"
+    assert seen[4]["x-user-id"] == "bob"

@@ -296,3 +296,65 @@ async def test_settlement_holds_when_the_redis_counter_has_no_expiry_yet() -> No
         for made in _made.pop(prefix, []):
             await made.aclose()
         await delete_redis_keys(prefix)
+
+
+async def _post_raw(limiter: UserRateLimit, body: bytes, content_type: str) -> Any:
+    async with client(identify(limiter), headers={"x-test-user": "alice"}) as http:
+        return await http.post(
+            "/v1/chat/completions", content=body, headers={"content-type": content_type}
+        )
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        # Parsers disagree on which repeated key wins: the larger cap is the one reserved.
+        b'{"model": "m", "max_tokens": 10, "max_tokens": 5000}',
+        b'{"model": "m", "max_tokens": 5000, "max_tokens": 10}',
+        # JSON may spell a key with escapes; it is the same field to the upstream.
+        b'{"model": "m", "max\\u005ftokens": 5000}',
+        # So may a byte-order mark or UTF-16, which Python's json (and so many apps) accept.
+        b'\xef\xbb\xbf{"model": "m", "max_tokens": 5000}',
+        '{"model": "m", "max_tokens": 5000}'.encode("utf-16"),
+    ],
+)
+async def test_a_cap_written_in_any_spelling_is_reserved_up_front(
+    backend: Backend, body: bytes
+) -> None:
+    limiter = quota(backend, tokens="1000/day", default_max_tokens=10)
+    response = await _post_raw(limiter, body, "application/json")
+    assert response.status_code == 429
+    message = response.json()["error"]["message"]
+    assert message.startswith(f"This request may use up to {5000 + len(body) // 4} tokens")
+    assert await tokens_used(limiter) == 0
+
+
+async def test_a_cap_mentioned_only_in_the_prompt_is_not_the_cap(backend: Backend) -> None:
+    limiter = quota(backend, tokens="1000/day", default_max_tokens=10)
+    prompt = 'what does "max_tokens": 100000 do?'
+    response = await complete(
+        identify(limiter), messages=[{"role": "user", "content": prompt}], x_completion=5
+    )
+    assert response.status_code == 200
+    assert await tokens_used(limiter) == 15
+
+
+async def test_only_json_object_bodies_are_metered(backend: Backend) -> None:
+    async def upload(scope: Scope, receive: Receive, send: Send) -> None:
+        while (await receive()).get("more_body"):
+            pass
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"stored"})
+
+    # Each metered call would set aside at least the default 100: more than the quota.
+    limiter = quota(backend, upload, tokens="50/day", default_max_tokens=100)
+    for body, content_type in [
+        (b"a=1&b=2", "application/x-www-form-urlencoded"),
+        (b"[1, 2, 3]", "application/json"),
+        (b"", "application/json"),
+    ]:
+        assert (await _post_raw(limiter, body, content_type)).status_code == 200
+    assert (await _post_raw(limiter, b'{"model": "m"}', "application/json")).status_code == 429
+    # A body that opens an object but is malformed is still a call to meter.
+    assert (await _post_raw(limiter, b'{"model": "m",', "application/json")).status_code == 429
+    assert await tokens_used(limiter) == 0

@@ -492,3 +492,234 @@ def test_looks_like_jwt(value: str, expected: bool) -> None:
 
 async def test_looks_like_jwt_accepts_every_minted_token(issuer: LocalIssuer) -> None:
     assert looks_like_jwt(issuer.mint(sub="alice"))
+
+
+# --- the verifier decides exactly as pyjwt's decode would -------------------------------------
+# TokenVerifier takes the compact form apart itself (one strict decode per segment) and checks
+# the claims itself; these compare its verdict with `jwt.decode` on the same token and key.
+
+
+def _pyjwt_accepts(local: LocalIssuer, token: str, leeway: float = 60) -> bool:
+    key = serialization.load_pem_public_key(local.signing_key.public_pem.encode())
+    try:
+        jwt.decode(
+            token,
+            key,  # type: ignore[arg-type]
+            algorithms=[local.signing_key.algorithm],
+            audience=local.audience,
+            issuer=local.issuer,
+            leeway=leeway,
+            options={"require": ["exp", "iss"]},
+        )
+    except jwt.PyJWTError:
+        return False
+    return True
+
+
+async def _we_accept(v: TokenVerifier, token: str) -> bool:
+    try:
+        await v.verify(token)
+    except IdentityError as error:
+        refusal = (error.code, error.status)
+    else:
+        return True
+    assert refusal == ("invalid_token", 401)
+    return False
+
+
+def _numeric_dates(claims: dict[str, Any]) -> bool:
+    # Where the verifier is stricter than pyjwt on purpose: RFC 7519 NumericDates are numbers.
+    return all(
+        isinstance(claims[name], (int, float)) and not isinstance(claims[name], bool)
+        for name in ("exp", "nbf", "iat")
+        if name in claims
+    )
+
+
+_NOW = int(time.time())
+CLAIM_CASES: list[dict[str, Any]] = [
+    {},
+    {"exp": None},
+    {"exp": _NOW - 3600},
+    {"exp": _NOW - 30},  # within the leeway
+    {"exp": _NOW + 0.5},
+    {"exp": "soon"},
+    {"exp": str(_NOW + 300)},
+    {"exp": True},
+    {"exp": float("nan")},
+    {"nbf": _NOW + 3600},
+    {"nbf": _NOW + 30},
+    {"nbf": "0"},
+    {"iat": _NOW + 3600},
+    {"iat": _NOW + 30},
+    {"iat": _NOW + 59.9},
+    {"iat": "later"},
+    {"iss": None},
+    {"iss": "https://issuer.test/"},
+    {"aud": None},
+    {"aud": ""},
+    {"aud": []},
+    {"aud": 0},
+    {"aud": "other"},
+    {"aud": ["other", "gateway"]},
+    {"aud": ["other"]},
+    {"aud": ["gateway", 1]},
+    {"aud": {"gateway": True}},
+    {"aud": [["gateway"]]},
+    {"sub": 42},
+    {"sub": ""},
+    {"jti": 7},
+    {"jti": None},
+]
+
+
+@pytest.mark.parametrize("claims", CLAIM_CASES, ids=repr)
+async def test_claim_verdicts_match_pyjwt(issuer: LocalIssuer, claims: dict[str, Any]) -> None:
+    token = issuer.mint(**claims)
+    expected = _pyjwt_accepts(issuer, token) and _numeric_dates(issuer.claims(**claims))
+    assert await _we_accept(verifier(issuer, leeway=60, cache_size=0), token) is expected
+
+
+def _respell(token: str, part: int, change: Any) -> str:
+    parts = token.split(".")
+    parts[part] = change(parts[part])
+    return ".".join(parts)
+
+
+_URL_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
+def _other_spelling(segment: str) -> str:
+    # The last character of a segment whose length is not a multiple of 4 has unused low bits.
+    return segment[:-1] + _URL_ALPHABET[_URL_ALPHABET.index(segment[-1]) ^ 1]
+
+
+SPELLINGS: list[tuple[str, Any]] = [
+    ("padded", lambda s: s + "=" * (-len(s) % 4)),
+    ("over-padded", lambda s: s + "=" * (-len(s) % 4 + 4)),
+    ("padding-only", lambda s: s + "="),
+    ("three-pad", lambda s: s + "==="),
+    ("other-spelling", _other_spelling),
+    ("standard-alphabet", lambda s: s.replace("-", "+").replace("_", "/") + "+/"),
+    ("one-char-extra", lambda s: s + "A" * (1 if len(s) % 4 == 0 else 5 - len(s) % 4)),
+    ("junk", lambda s: s[:4] + "!" + s[5:]),
+    ("space", lambda s: s[:4] + " " + s[4:]),
+    ("empty", lambda s: ""),
+]
+
+
+@pytest.mark.parametrize("part", [0, 1, 2], ids=["header", "payload", "signature"])
+@pytest.mark.parametrize(("name", "change"), SPELLINGS, ids=[name for name, _ in SPELLINGS])
+async def test_segment_spellings_match_pyjwt(
+    issuer: LocalIssuer, part: int, name: str, change: Any
+) -> None:
+    # A segment whose length is a multiple of 4 has no unused bits and needs no padding.
+    for extra in range(4):
+        token = issuer.mint(sub="alice", pad="x" * extra)
+        if len(token.split(".")[part]) % 4:
+            break
+    spelled = _respell(token, part, change)
+    if spelled == token:
+        pytest.skip("this change leaves the segment as it was")
+    expected = _pyjwt_accepts(issuer, spelled)
+    assert await _we_accept(verifier(issuer, cache_size=0), spelled) is expected
+    if name == "other-spelling":
+        assert expected is False  # one token, one spelling: the cache can't be fed variants
+
+
+def _sign_raw(local: LocalIssuer, header: bytes, payload: bytes, *, pad: bool = False) -> str:
+    signer = local.signing_key
+    segments = [base64.urlsafe_b64encode(part).decode() for part in (header, payload)]
+    signing_input = ".".join(segments if pad else [s.rstrip("=") for s in segments])
+    algorithm = jwt.algorithms.get_default_algorithms()[signer.algorithm]
+    signature = algorithm.sign(signing_input.encode(), signer.private_key)
+    return f"{signing_input}.{b64(signature)}"
+
+
+async def test_padded_segments_are_accepted_as_pyjwt_accepts_them(issuer: LocalIssuer) -> None:
+    # Some issuers (AWS ALB) pad their segments; the padding is then part of the signed input.
+    for extra in range(4):
+        claims = json.dumps(issuer.claims(sub="alice", pad="x" * extra)).encode()
+        token = _sign_raw(issuer, _header_json(issuer), claims, pad=True)
+        if "=" in token:
+            break
+    assert _pyjwt_accepts(issuer, token) is True
+    assert (await verifier(issuer).verify(token)).user_id == "alice"
+
+
+@pytest.mark.parametrize("iss", [5, ["https://issuer.test"], {"x": 1}, True])
+async def test_an_issuer_that_is_not_a_string_is_refused(issuer: LocalIssuer, iss: Any) -> None:
+    claims = json.dumps(issuer.claims(sub="alice", iss=iss)).encode()
+    token = _sign_raw(issuer, _header_json(issuer), claims)
+    assert _pyjwt_accepts(issuer, token) is False
+    error = await refused(verifier(issuer), token)
+    assert error.message == "The access token's issuer is not accepted."
+
+
+def _header_json(local: LocalIssuer, **extra: Any) -> bytes:
+    header = {"alg": local.signing_key.algorithm, "kid": local.signing_key.kid, **extra}
+    return json.dumps(header).encode()
+
+
+async def test_validly_signed_payload_that_is_not_utf8_json_is_malformed(
+    issuer: LocalIssuer,
+) -> None:
+    claims = json.dumps(issuer.claims(sub="alice"))
+    for payload in (claims.encode("utf-16"), b"\xef\xbb\xbf" + claims.encode(), b"[1, 2]"):
+        token = _sign_raw(issuer, _header_json(issuer), payload)
+        error = await refused(verifier(issuer), token)
+        assert error.message == "The access token is malformed."
+
+
+async def test_unencoded_payload_option_is_refused_even_when_signed(issuer: LocalIssuer) -> None:
+    claims = json.dumps(issuer.claims(sub="alice")).encode()
+    token = _sign_raw(issuer, _header_json(issuer, b64=False), claims)
+    assert _pyjwt_accepts(issuer, token) is False
+    await refused(verifier(issuer), token)
+
+
+async def test_string_dates_are_refused_though_pyjwt_reads_them(issuer: LocalIssuer) -> None:
+    token = issuer.mint(nbf="0", iat=str(_NOW))
+    assert _pyjwt_accepts(issuer, token) is True
+    error = await refused(verifier(issuer), token)
+    assert error.message == "The access token is malformed."
+    assert error.detail == "nbf='0' is not a number"
+
+
+@pytest.mark.parametrize("body", ["", "QUJD", "QUJDRA"], ids=["empty", "one-quantum", "longer"])
+def test_every_final_character_is_judged_as_a_re_encoding_would(body: str) -> None:
+    # The verifier tells a canonical segment by its unused bits; a decode and re-encode (what
+    # pyjwt does) must reach the same verdict for every length and final character.
+    for tail in ("", "A", "AA", "AAA"):
+        for last in _URL_ALPHABET:
+            segment = body + tail + last
+            try:
+                decoded = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+            except ValueError:
+                canonical = False
+            else:
+                canonical = len(segment) % 4 != 1 and b64(decoded) == segment
+            try:
+                got = tokens_module._segment(segment.encode(), "segment")
+            except IdentityError:
+                assert not canonical, segment
+            else:
+                assert canonical, segment
+                assert got == decoded
+
+
+async def test_a_refused_header_is_refused_again_and_memory_stays_bounded(
+    issuer: LocalIssuer,
+) -> None:
+    # Checked headers are remembered by their segment (an issuer's tokens share one); a refused
+    # one never is, and many distinct headers only ever fill a bounded memo.
+    v = verifier(issuer)
+    numeric_kid = _sign_raw(issuer, _header_json(issuer, kid=7), b'{"sub": "alice"}')
+    for _ in range(2):
+        await refused(v, issuer.mint(headers={"crit": ["exp"], "exp": 1}))
+        assert (await refused(v, numeric_kid)).detail == "kid=7 is not a string"
+    for n in range(300):
+        identity = await v.verify(issuer.mint(sub="alice", headers={"x-n": n}))
+        assert identity.user_id == "alice"
+    assert len(tokens_module._HEADERS) <= 256
+    await refused(v, issuer.mint(headers={"crit": ["exp"], "exp": 1}))

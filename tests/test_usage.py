@@ -244,3 +244,105 @@ def test_no_json_value_crashes_usage_parsing(value: Any) -> None:
     assert result is None or (result.input_tokens >= 0 and result.output_tokens >= 0)
     text = json.dumps(value).encode()
     assert usage_from_sse(b"data: " + text + b"\n\n") == usage_from_sse(b"data: " + text)
+
+
+def _read_json(raw: bytes) -> TokenUsage | None:
+    reader = JSONUsageReader()
+    reader.feed(raw)
+    return reader.result()
+
+
+REAL_USAGE = {"prompt_tokens": 1, "completion_tokens": 2}
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        # OpenAI puts members after usage: the reader must not give up on the top-level one.
+        (
+            json.dumps(
+                {**OPENAI_CHAT, "service_tier": "default", "system_fingerprint": "fp_1"}
+            ).encode(),
+            TokenUsage(11, 22),
+        ),
+        # The content talks about usage; the last "usage" in the text is escaped inside a string.
+        (
+            json.dumps(
+                {
+                    "usage": REAL_USAGE,
+                    "choices": [
+                        {
+                            "message": {
+                                "content": '"usage": {"prompt_tokens": 999, "output_tokens": 9}'
+                            }
+                        }
+                    ],
+                }
+            ).encode(),
+            TokenUsage(1, 2),
+        ),
+        # A nested "usage" after the top-level one is not the response's usage.
+        (
+            json.dumps(
+                {"usage": REAL_USAGE, "choices": [{"message": {"usage": {"prompt_tokens": 999}}}]}
+            ).encode(),
+            TokenUsage(1, 2),
+        ),
+        # A string that ends with `"usage` is not a key named usage (`\"usage": ...`).
+        (
+            b'{"usage": {"prompt_tokens": 1, "completion_tokens": 2}, '
+            b'"say \\"usage": {"prompt_tokens": 999, "completion_tokens": 999}}',
+            TokenUsage(1, 2),
+        ),
+        # A later top-level key spelled with escapes is the one a JSON parser keeps.
+        (
+            b'{"usage": {"prompt_tokens": 999, "completion_tokens": 999}, '
+            b'"\\u0075sage": {"prompt_tokens": 1, "completion_tokens": 2}}',
+            TokenUsage(1, 2),
+        ),
+        # Whitespace anywhere JSON allows it.
+        (
+            b'{ "usage" :\n {"prompt_tokens": 1, "completion_tokens": 2} \n,\t"id" : "x" }\n',
+            TokenUsage(1, 2),
+        ),
+        # Only a nested usage (Anthropic's message_start shape as a whole body).
+        (json.dumps({"message": {"usage": {"input_tokens": 3}}}).encode(), TokenUsage(3, 0)),
+        # A top-level usage without counts: the body's usage is absent, not zero.
+        (json.dumps({"usage": {"note": "none"}, "id": "x"}).encode(), None),
+        # Not a whole JSON document (cut off, trailing comma): the last usage still counts.
+        (
+            b'{"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 2}',
+            TokenUsage(1, 2),
+        ),
+        (
+            b'{"usage": {"prompt_tokens": 1, "completion_tokens": 2},}',
+            TokenUsage(1, 2),
+        ),
+    ],
+)
+def test_json_usage_is_the_top_level_one(raw: bytes, expected: TokenUsage | None) -> None:
+    assert _read_json(raw) == expected
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 10**6) | st.text(max_size=12),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.sampled_from(["usage", "id", "message", "x"]), inner, max_size=3)
+    ),
+    max_leaves=12,
+)
+
+
+@given(
+    st.dictionaries(st.sampled_from(["usage", "id", "message", "response", "x"]), _json_values),
+    st.booleans(),
+)
+def test_json_usage_matches_a_full_parse(document: dict[str, Any], compact: bool) -> None:
+    separators = (",", ":") if compact else (", ", ": ")
+    raw = json.dumps(document, separators=separators).encode()
+    expected = usage_from_json(document)
+    if expected is not None:
+        assert _read_json(raw) == expected
+    elif "usage" not in raw.decode():
+        assert _read_json(raw) is None

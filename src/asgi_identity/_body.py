@@ -27,12 +27,59 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return obj
 
 
-async def peek_json(receive: Receive, limit: int = DEFAULT_MAX_BODY) -> tuple[Any, Receive]:
-    """Read up to `limit` bytes of an HTTP request body and parse it as JSON.
+class JSONPairs(list[tuple[str, Any]]):
+    """A JSON object as its (key, value) pairs in order, repeated keys kept (`loads_pairs`)."""
 
-    Returns (the parsed value; None when the body is larger than `limit`, not JSON, or the
-    client went away; AMBIGUOUS when an object repeats a key) and a `receive` that gives the app
-    every message exactly as it came.
+    __slots__ = ()
+
+
+# Building a list per object in C is cheaper than a Python hook that builds and checks a dict.
+_pairs_decoder = json.JSONDecoder(object_pairs_hook=JSONPairs)
+
+
+def loads_pairs(body: bytes) -> Any:
+    """Parse `body` as JSON with every object as JSONPairs; None when it is not JSON."""
+    try:
+        try:
+            return _pairs_decoder.decode(body.decode("utf-8"))
+        except (ValueError, RecursionError):
+            # json.loads() also takes UTF-16/32 and a UTF-8 BOM: the slow path decides those.
+            return json.loads(body, object_pairs_hook=JSONPairs)
+    except (ValueError, RecursionError):
+        return None
+
+
+def _replayer(messages: list[Message], receive: Receive) -> Receive:
+    if len(messages) == 1:
+        # The usual case, a body in one message: no list to shift.
+        first: Message | None = messages[0]
+
+        async def replay_one() -> Message:
+            nonlocal first
+            if first is not None:
+                message, first = first, None
+                return message
+            return await receive()
+
+        return replay_one
+
+    pending = messages
+
+    async def replay() -> Message:
+        if pending:
+            return pending.pop(0)
+        return await receive()
+
+    return replay
+
+
+async def peek_body(
+    receive: Receive, limit: int = DEFAULT_MAX_BODY
+) -> tuple[bytes | None, int, Receive]:
+    """Read up to `limit` bytes of an HTTP request body without consuming it.
+
+    Returns (the whole body; None when it is larger than `limit` or the client went away), the
+    number of body bytes read, and a `receive` that gives the app every message exactly as it came.
     """
     messages: list[Message] = []
     size = 0
@@ -47,21 +94,29 @@ async def peek_json(receive: Receive, limit: int = DEFAULT_MAX_BODY) -> tuple[An
             complete = True
             break
 
-    parsed: Any = None
+    body: bytes | None = None
     if complete and size <= limit:
-        body = b"".join(m.get("body", b"") for m in messages)
+        if len(messages) == 1:
+            body = messages[0].get("body", b"")
+        else:
+            body = b"".join(m.get("body", b"") for m in messages)
+    return body, size, _replayer(messages, receive)
+
+
+async def peek_json(receive: Receive, limit: int = DEFAULT_MAX_BODY) -> tuple[Any, Receive]:
+    """Read up to `limit` bytes of an HTTP request body and parse it as JSON.
+
+    Returns (the parsed value; None when the body is larger than `limit`, not JSON, or the
+    client went away; AMBIGUOUS when an object repeats a key) and a `receive` that gives the app
+    every message exactly as it came.
+    """
+    body, _, replay = await peek_body(receive, limit)
+    parsed: Any = None
+    if body:
         try:
-            parsed = json.loads(body, object_pairs_hook=_unique_keys) if body else None
+            parsed = json.loads(body, object_pairs_hook=_unique_keys)
         except _DuplicateKey:
             parsed = AMBIGUOUS
         except (ValueError, RecursionError):
             parsed = None
-
-    pending = messages
-
-    async def replay() -> Message:
-        if pending:
-            return pending.pop(0)
-        return await receive()
-
     return parsed, replay

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from urllib.parse import quote
 
 from ._headers import Headers
@@ -99,42 +99,46 @@ class Presented:
         "api_keys",
         "bearer_is_key",
         "cookie_tokens",
+        "dropped",
         "emails",
         "groups",
-        "kept",
+        "headers",
         "tokens",
         "verified",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, headers: Iterable[tuple[bytes, bytes]] = ()) -> None:
         self.bearer_is_key = False
         # The identity of a token the verifier has seen and still holds (set by IdentityMiddleware).
         self.verified: Identity | None = None
-        self.tokens: list[bytes] = []
-        self.api_keys: list[bytes] = []
-        self.emails: list[bytes] = []
-        self.groups: list[bytes] = []
-        self.cookie_tokens: list[bytes] = []
-        self.kept: Headers = []
+        # Tuples, grown only when a value is found: most requests carry one credential or none.
+        self.tokens: tuple[bytes, ...] = ()
+        self.api_keys: tuple[bytes, ...] = ()
+        self.emails: tuple[bytes, ...] = ()
+        self.groups: tuple[bytes, ...] = ()
+        self.cookie_tokens: tuple[bytes, ...] = ()
+        #: The request's headers as received, and whether any of them must not reach the app.
+        self.headers = headers
+        self.dropped = False
 
 
-# What a header is to HeaderReader, looked up by its normalized name.
-_TOKEN, _API_KEY, _EMAIL, _GROUP, _COOKIE = range(5)
+# What a header is to HeaderReader, decided once per distinct header name.
+_KEEP, _DROP, _TOKEN, _API_KEY, _EMAIL, _GROUP, _COOKIE = range(7)
+# Header names remembered with their kind; beyond this many, a name is worked out each time, so
+# a client sending endless made-up names cannot grow the memory.
+_MAX_REMEMBERED_NAMES = 512
 
 
 class HeaderReader:
     """Splits the request headers into credentials and the headers the app may see."""
 
     __slots__ = (
-        "_api_key",
         "_cookie",
-        "_email",
-        "_group",
+        "_dropping",
         "_kinds",
         "_max_bytes",
+        "_names",
         "_prefix",
-        "_strip_api_key",
-        "_token",
     )
 
     def __init__(
@@ -149,13 +153,8 @@ class HeaderReader:
         sanitize: bool,
         max_bytes: int,
     ) -> None:
-        self._token = token_header
-        self._api_key = api_key_header
-        self._email = email_header
-        self._group = group_header
         self._cookie = token_cookie
         self._prefix = prefix
-        self._strip_api_key = sanitize
         self._max_bytes = max_bytes
         # One dictionary lookup per header instead of a comparison with every name. Listed in
         # reverse priority, so a name configured twice keeps the kind the comparisons gave it.
@@ -169,41 +168,72 @@ class HeaderReader:
             kinds[api_key_header] = _API_KEY
         kinds[token_header] = _TOKEN
         self._kinds = kinds
+        # Identity assertions never reach the app as sent (it reads the verified identity), nor
+        # anything with the forwarding prefix; API keys neither when sanitizing.
+        self._dropping = frozenset({_DROP, _EMAIL, _GROUP} | ({_API_KEY} if sanitize else set()))
+        # Raw header name (as the server sent it) -> its kind: the same few names come on every
+        # request, so the normalizing and prefix test run once per name, not once per header.
+        self._names: dict[bytes, int] = {}
+
+    def _kind(self, raw_name: bytes) -> int:
+        kind = self._names.get(raw_name)
+        if kind is not None:
+            return kind
+        # ASGI servers send names in lower case; any other spelling is normalized first.
+        name = raw_name
+        if b"_" in name or not name.islower():
+            name = name.lower().replace(b"_", b"-")
+        kind = self._kinds.get(name)
+        if kind is None:
+            # A spoofed forwarded identity header, in any spelling, is dropped.
+            kind = _DROP if name.startswith(self._prefix) else _KEEP
+        if len(self._names) < _MAX_REMEMBERED_NAMES:
+            self._names[raw_name] = kind
+        return kind
 
     def read(self, headers: Iterable[tuple[bytes, bytes]]) -> Presented:
-        found = Presented()
-        kept = found.kept
-        prefix = self._prefix
-        kinds = self._kinds
+        found = Presented(headers)
+        names = self._names
+        dropping = self._dropping
         for raw_name, value in headers:
-            # ASGI servers send names in lower case; any other spelling is normalized first.
-            name = raw_name
-            if b"_" in name or not name.islower():
-                name = name.lower().replace(b"_", b"-")
-            kind = kinds.get(name)
+            kind = names.get(raw_name)
             if kind is None:
-                if not name.startswith(prefix):
-                    kept.append((raw_name, value))
-                # else: a spoofed forwarded identity header, in any spelling: dropped
-            elif kind == _TOKEN:
+                kind = self._kind(raw_name)
+            if kind == _KEEP:
+                continue
+            if kind in dropping:
+                found.dropped = True
+            if kind == _TOKEN:
                 self._check_size(raw_name, value)
-                found.tokens.append(value)
-                kept.append((raw_name, value))
+                found.tokens += (value,)
             elif kind == _API_KEY:
                 self._check_size(raw_name, value)
-                found.api_keys.append(value)
-                if not self._strip_api_key:
-                    kept.append((raw_name, value))
+                found.api_keys += (value,)
             elif kind == _EMAIL:
-                # Identity assertions never reach the app as sent: it reads the verified identity.
                 # Their size is checked only if they are trusted (an address has its own limit).
-                found.emails.append(value)
+                found.emails += (value,)
             elif kind == _GROUP:
-                found.groups.append(value)
-            else:  # the Cookie header, read for the token cookie and kept for the app
-                self._read_cookie(value, found.cookie_tokens)
-                kept.append((raw_name, value))
+                found.groups += (value,)
+            elif kind == _COOKIE:  # read for the token cookie and kept for the app
+                found.cookie_tokens += self._read_cookie(value)
         return found
+
+    def kept(self, presented: Presented) -> Headers:
+        """The headers the app may see: a new list, or the request's own when nothing is dropped."""
+        headers = presented.headers
+        if not presented.dropped and isinstance(headers, list):
+            return headers
+        dropping = self._dropping
+        return [(name, value) for name, value in headers if self._kind(name) not in dropping]
+
+    def without_forwarded(self, headers: Iterable[tuple[bytes, bytes]]) -> Headers:
+        """`headers` without any that carry the forwarding prefix (for requests not identified)."""
+        prefix = self._prefix
+        return [
+            (name, value)
+            for name, value in headers
+            if not (name.lower().replace(b"_", b"-")).startswith(prefix)
+        ]
 
     def _check_size(self, name: bytes, value: bytes) -> None:
         if len(value) > self._max_bytes:
@@ -212,8 +242,9 @@ class HeaderReader:
                 f"The {name.decode('latin-1')} header is longer than {self._max_bytes} bytes.",
             )
 
-    def _read_cookie(self, header: bytes, out: list[bytes]) -> None:
+    def _read_cookie(self, header: bytes) -> tuple[bytes, ...]:
         assert self._cookie is not None
+        found: tuple[bytes, ...] = ()
         for pair in header.split(b";"):
             name, sep, value = pair.strip().partition(b"=")
             if sep and name == self._cookie:
@@ -225,7 +256,8 @@ class HeaderReader:
                         "invalid_request",
                         f"The token cookie is longer than {self._max_bytes} bytes.",
                     )
-                out.append(value)
+                found += (value,)
+        return found
 
 
 # RFC 6750 allows only visible ASCII in a bearer credential; a regex keeps the check cheap.
@@ -247,7 +279,7 @@ def bearer_value(raw: bytes, *, scheme_required: bool) -> str:
     return value.decode("ascii")
 
 
-def header_email(values: list[bytes], header: str) -> EmailAddress | None:
+def header_email(values: Sequence[bytes], header: str) -> EmailAddress | None:
     """The one address a trusted sender put in the email header, normalized; None if absent."""
     if not values:
         return None
@@ -268,7 +300,7 @@ def header_email(values: list[bytes], header: str) -> EmailAddress | None:
 MAX_GROUP_LENGTH = 128
 
 
-def header_group_value(values: list[bytes]) -> str | None:
+def header_group_value(values: Sequence[bytes]) -> str | None:
     """The one group a trusted sender put in the group header; None if absent."""
     if not values:
         return None
@@ -305,7 +337,10 @@ def forward_value(value: str) -> bytes:
 
 
 def forwarded_headers(identity: Identity, prefix: bytes) -> Headers:
-    """The `<prefix>*` headers that carry `identity` to the app or an upstream."""
+    """The `<prefix>*` headers that carry `identity` to the app or an upstream.
+
+    IdentityMiddleware caches the result by the fields read here: read a new one, key it there too.
+    """
     headers: Headers = [(prefix + b"source", identity.source.encode("ascii"))]
     if identity.user_id:
         headers.append((prefix + b"id", forward_value(identity.user_id)))

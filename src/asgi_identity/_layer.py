@@ -24,7 +24,7 @@ class LayerPolicy:
     `allow_preflight` is False.
     """
 
-    __slots__ = ("_exact", "_prefixes", "allow_preflight", "layer", "mode", "renderer")
+    __slots__ = ("_exact", "_excludes", "_prefixes", "allow_preflight", "layer", "mode", "renderer")
 
     def __init__(
         self,
@@ -49,12 +49,15 @@ class LayerPolicy:
         self.allow_preflight = allow_preflight
         self._exact = frozenset(p for p in paths if not p.endswith("/"))
         self._prefixes = tuple(p for p in paths if p.endswith("/"))
+        self._excludes = bool(paths)
 
     def skips(self, scope: Scope) -> bool:
         """True when this request is not this layer's business (excluded path or CORS preflight)."""
-        path: str = scope.get("path", "")
-        if path in self._exact or (self._prefixes and path.startswith(self._prefixes)):
-            return True
+        # Every request asks every layer: without excluded paths only the method is looked at.
+        if self._excludes:
+            path: str = scope.get("path", "")
+            if path in self._exact or (self._prefixes and path.startswith(self._prefixes)):
+                return True
         if self.allow_preflight and scope.get("method") == "OPTIONS":
             return any(name == b"access-control-request-method" for name, _ in scope["headers"])
         return False

@@ -11,10 +11,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple
 
 from limits.aio.storage import Storage
-from limits.storage import MemoryStorage as InProcessStorage
 
-from ._asgi import Message, Scope, Send
-from ._ratelimit import Window, content_length, requested_output_cap, seconds_until
+from ._asgi import Message, Send
+from ._ratelimit import SweptMemoryStorage, Window, seconds_until
 from .identity import Identity
 from .usage import TokenUsage, UsageReader, reader_for
 
@@ -64,13 +63,6 @@ class TokenRefusal(NamedTuple):
         return self.left <= 0
 
 
-def estimate_tokens(body: Any, scope: Scope, default_output: int, body_size: int = 0) -> int:
-    """The request's output cap (or the default) plus its input at about four bytes a token."""
-    # body_size counts a chunked body, which has no Content-Length.
-    size = max(content_length(scope), body_size)
-    return (requested_output_cap(body) or default_output) + size // 4
-
-
 class TokenLedger:
     """Token counters on a `limits` storage, every call bounded by `call`.
 
@@ -85,7 +77,7 @@ class TokenLedger:
         storage: Storage,
         call: BoundedCall,
         key_prefix: str,
-        memory: InProcessStorage | None = None,
+        memory: SweptMemoryStorage | None = None,
     ) -> None:
         self.storage = storage
         self._call = call
@@ -114,6 +106,8 @@ class TokenLedger:
         states: list[tuple[Window, int, int]],
     ) -> TokenRefusal | None:
         """Set `estimate` aside in every window, or in none and say which window refused."""
+        if self._memory is not None:
+            return self._reserve_in_memory(self._memory, reservation, estimate, states)
         now = time.time()
         charged: list[tuple[str, Window]] = []
         for window, key in zip(reservation.windows, reservation.keys, strict=True):
@@ -131,19 +125,59 @@ class TokenLedger:
                 # Put back what this request set aside everywhere: it is not admitted.
                 for undo_key, undo_window in charged:
                     await self._incr(undo_key, undo_window, -estimate)
-                left = max(0, window.amount - (used - estimate))
-                states.append((window, left, retry))
-                # Nothing stays set aside; in observe mode the request still goes on and is
-                # charged what it really uses.
-                reservation.resets = [now] * len(reservation.windows)
-                return TokenRefusal(window, estimate, left, retry)
+                return self._refused(reservation, window, estimate, used, retry, now, states)
             reservation.resets.append(reset)
             states.append((window, window.amount - used, retry))
         reservation.estimate = estimate
         return None
 
+    def _reserve_in_memory(
+        self,
+        memory: SweptMemoryStorage,
+        reservation: Reservation,
+        estimate: int,
+        states: list[tuple[Window, int, int]],
+    ) -> TokenRefusal | None:
+        # reserve() without a single await: counting in memory never suspends.
+        now = time.time()
+        resets = reservation.resets
+        windows, keys = reservation.windows, reservation.keys
+        for index, window in enumerate(windows):
+            used, reset = memory.count(keys[index], window.seconds, estimate, now)
+            if reset - now < 1.0:
+                reset = now + window.seconds  # as reserve() does
+            retry = seconds_until(reset, now)
+            if used > window.amount:
+                for undo in range(index + 1):
+                    memory.count(keys[undo], windows[undo].seconds, -estimate, now)
+                return self._refused(reservation, window, estimate, used, retry, now, states)
+            resets.append(reset)
+            states.append((window, window.amount - used, retry))
+        reservation.estimate = estimate
+        return None
+
+    @staticmethod
+    def _refused(
+        reservation: Reservation,
+        window: Window,
+        estimate: int,
+        used: int,
+        retry: int,
+        now: float,
+        states: list[tuple[Window, int, int]],
+    ) -> TokenRefusal:
+        left = max(0, window.amount - (used - estimate))
+        states.append((window, left, retry))
+        # Nothing stays set aside; in observe mode the request still goes on and is charged what
+        # it really uses.
+        reservation.resets = [now] * len(reservation.windows)
+        return TokenRefusal(window, estimate, left, retry)
+
     async def settle(self, reservation: Reservation, charge: int) -> None:
         """Correct the counters from the reservation to `charge`, the tokens really used."""
+        if self._memory is not None:
+            self.settle_in_memory(self._memory, reservation, charge)
+            return
         delta = charge - reservation.estimate
         if delta == 0:
             return
@@ -154,6 +188,20 @@ class TokenLedger:
             if delta < 0 and now >= reset:
                 continue  # the window the reservation was made in is over; it left with it
             await self._incr(key, window, delta)
+
+    @staticmethod
+    def settle_in_memory(memory: SweptMemoryStorage, reservation: Reservation, charge: int) -> None:
+        """settle() without a single await: counting in memory never suspends."""
+        delta = charge - reservation.estimate
+        if delta == 0:
+            return
+        now = time.time()
+        for window, key, reset in zip(
+            reservation.windows, reservation.keys, reservation.resets, strict=True
+        ):
+            if delta < 0 and now >= reset:
+                continue  # the window the reservation was made in is over; it left with it
+            memory.count(key, window.seconds, delta, now)
 
     async def charge(
         self, parts: tuple[str, ...], windows: tuple[Window, ...], amount: int
@@ -184,18 +232,23 @@ class UsageMeter:
         self.status = 0
 
     async def send(self, message: Message) -> None:
-        if message["type"] == "http.response.start":
-            self.status = message["status"]
-            content_type = None
-            for name, value in message.get("headers", ()):
-                if name.lower() == b"content-type":
-                    content_type = value
-            self._reader = reader_for(content_type) if self.status < 400 else None
+        kind = message["type"]
+        if kind == "http.response.body":
+            reader = self._reader
+            if reader is not None:
+                # Read as it passes: the chunk goes out right after, unchanged.
+                reader.feed(message.get("body", b""))
+        elif kind == "http.response.start":
+            self.status = status = message["status"]
+            headers = message.get("headers", ())
+            if status < 400:
+                content_type = None
+                for name, value in headers:
+                    if name.lower() == b"content-type":
+                        content_type = value
+                self._reader = reader_for(content_type)
             if self._extra:
-                message["headers"] = [*message.get("headers", ()), *self._extra]
-        elif message["type"] == "http.response.body" and self._reader is not None:
-            # Read as it passes: the chunk goes out right after, unchanged.
-            self._reader.feed(message.get("body", b""))
+                message["headers"] = [*headers, *self._extra]
         await self._send(message)
 
     def outcome(self, reservation: Reservation) -> tuple[int, TokenUsage | None]:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Final, TypeAlias
 
-from .email import parse_email
+from .email import MAX_EMAIL_LENGTH, EmailAddress, parse_email
 from .errors import IdentityError
 from .identity import Actor, Identity
 
@@ -18,6 +18,10 @@ _ABSENT: Final[Any] = object()
 # A deeper `act` chain is not a delegation anyone configured; it is a token built to hurt.
 MAX_ACTOR_DEPTH: Final = 8
 _FROZEN_DEPTH: Final = 32
+# Addresses already parsed: every new token of a person (a refresh, a new session) carries the
+# same one. Emptied when full, so there is no eviction order to keep per token.
+_PARSED_EMAILS: dict[str, EmailAddress] = {}
+_PARSED_EMAILS_SIZE: Final = 4096
 
 
 class _WrongType(Exception):
@@ -139,6 +143,17 @@ def _actor(value: Any, depth: int = 1) -> Actor:
     )
 
 
+def _email(raw: str) -> EmailAddress:
+    parsed = _PARSED_EMAILS.get(raw)
+    if parsed is None:
+        parsed = parse_email(raw)  # ValueError for a malformed address, which is never kept
+        if len(raw) <= MAX_EMAIL_LENGTH:
+            if len(_PARSED_EMAILS) >= _PARSED_EMAILS_SIZE:
+                _PARSED_EMAILS.clear()
+            _PARSED_EMAILS[raw] = parsed
+    return parsed
+
+
 def freeze_claims(value: Any, depth: int = 0) -> Any:
     """A read-only copy: objects become read-only mappings and arrays tuples.
 
@@ -148,11 +163,21 @@ def freeze_claims(value: Any, depth: int = 0) -> Any:
     if depth > _FROZEN_DEPTH:
         raise _WrongType("claims", f"nested at most {_FROZEN_DEPTH} levels deep", value)
     if isinstance(value, dict):
-        return MappingProxyType(
-            {key: freeze_claims(item, depth + 1) for key, item in value.items()}
-        )
+        frozen = dict(value)
+        if frozen and depth == _FROZEN_DEPTH:
+            raise _WrongType("claims", f"nested at most {_FROZEN_DEPTH} levels deep", value)
+        # Most claims are strings and numbers, already immutable: only containers are copied.
+        for key, item in frozen.items():
+            if isinstance(item, (dict, list)):
+                frozen[key] = freeze_claims(item, depth + 1)
+        return MappingProxyType(frozen)
     if isinstance(value, list):
-        return tuple(freeze_claims(item, depth + 1) for item in value)
+        if value and depth == _FROZEN_DEPTH:
+            raise _WrongType("claims", f"nested at most {_FROZEN_DEPTH} levels deep", value)
+        return tuple(
+            freeze_claims(item, depth + 1) if isinstance(item, (dict, list)) else item
+            for item in value
+        )
     return value
 
 
@@ -216,7 +241,7 @@ class ClaimMap:
             domain = None
             if email is not None:
                 try:
-                    email, _, domain = parse_email(email)
+                    email, _, domain = _email(email)
                 except ValueError as exc:
                     raise _invalid(f"claim email: {exc}") from None
             actor = None

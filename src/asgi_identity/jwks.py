@@ -12,14 +12,15 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Final
 from urllib.parse import urlsplit
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
-from jwt.algorithms import get_default_algorithms
+from jwt.algorithms import Algorithm, get_default_algorithms
 from jwt.exceptions import PyJWTError
 
 from . import telemetry
@@ -36,6 +37,10 @@ EC_ALGORITHMS: Final[Mapping[str, str]] = {
 #: used as an HMAC secret and `none` never passes.
 ASYMMETRIC_ALGORITHMS: Final = RSA_ALGORITHMS | frozenset(EC_ALGORITHMS.values()) | {"EdDSA"}
 MIN_RSA_BITS: Final = 2048
+#: pyjwt's algorithm objects (its JOSE implementations), one per allowed algorithm name.
+JOSE_ALGORITHMS: Final[Mapping[str, Algorithm]] = MappingProxyType(
+    {name: alg for name, alg in get_default_algorithms().items() if name in ASYMMETRIC_ALGORITHMS}
+)
 _LOOPBACK_NAMES: Final = frozenset({"localhost", "localhost."})
 _READ_CHUNK: Final = 65536
 
@@ -51,6 +56,23 @@ class VerificationKey:
     kid: str | None
     algorithms: frozenset[str]
     key: PublicKey
+    #: Per algorithm, pyjwt's algorithm object and the key as its `prepare_key` returned it: done
+    #: once when the key set loads, not once per token.
+    verifiers: Mapping[str, tuple[Algorithm, Any]] = field(
+        init=False, repr=False, compare=False, hash=False
+    )
+
+    def __post_init__(self) -> None:
+        verifiers: dict[str, tuple[Algorithm, Any]] = {}
+        for name in self.algorithms:
+            algorithm = JOSE_ALGORITHMS.get(name)
+            if algorithm is None:
+                raise ValueError(f"alg {name!r} is not an asymmetric algorithm")
+            try:
+                verifiers[name] = (algorithm, algorithm.prepare_key(self.key))
+            except (PyJWTError, TypeError, ValueError) as exc:
+                raise ValueError(f"the key cannot verify {name}: {exc}") from None
+        object.__setattr__(self, "verifiers", MappingProxyType(verifiers))
 
 
 class KeySetUnavailable(Exception):
@@ -155,7 +177,7 @@ def key_from_jwk(jwk: Any, allowed: frozenset[str] = ASYMMETRIC_ALGORITHMS) -> V
     if family is None:
         raise ValueError(f"key {kid!r} has an unsupported kty {kty!r}")
     try:
-        public = get_default_algorithms()[family].from_jwk(dict(jwk))
+        public = JOSE_ALGORITHMS[family].from_jwk(dict(jwk))
     except (PyJWTError, ValueError, TypeError, KeyError) as exc:
         raise ValueError(f"key {kid!r} cannot be loaded: {exc}") from None
     return VerificationKey(kid, _pinned(public, declared, allowed), public)

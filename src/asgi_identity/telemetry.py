@@ -714,6 +714,16 @@ def on_tokens(identity: Identity, input_tokens: int, output_tokens: int) -> None
 # ------------------------------------------------------------------------------ authentication
 
 
+_NO_SPAN: Final[Span] = trace.INVALID_SPAN
+
+
+def _no_tracer() -> bool:
+    # With no SDK the API's proxy tracer still builds a context and a non-recording span for
+    # every call (about 15 us on a new token); the API's own global says "no SDK yet" for the
+    # cost of an attribute read. A provider given to configure_telemetry() always counts.
+    return _state.config.tracer_provider is None and getattr(trace, "_TRACER_PROVIDER", 0) is None
+
+
 @contextmanager
 def jwks_fetch_span(issuer: str | None, url: str | None = None) -> Iterator[Span]:
     """A span around one key set fetch (not around a cache hit): exceptions mark it failed."""
@@ -722,6 +732,9 @@ def jwks_fetch_span(issuer: str | None, url: str | None = None) -> Iterator[Span
         attributes[ATTR_ISSUER] = issuer
     if url is not None:
         attributes[ATTR_URL] = url
+    if _no_tracer():
+        yield _NO_SPAN
+        return
     with _state.tracer.start_as_current_span(SPAN_JWKS_FETCH, attributes=attributes) as span:
         yield span
 
@@ -734,6 +747,9 @@ def verify_span(issuer: str | None = None, algorithm: str | None = None) -> Iter
         attributes[ATTR_ISSUER] = issuer
     if algorithm is not None:
         attributes[ATTR_ALGORITHM] = algorithm
+    if _no_tracer():
+        yield _NO_SPAN
+        return
     with _state.tracer.start_as_current_span(SPAN_VERIFY, attributes=attributes) as span:
         yield span
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import binascii
 import json
 import logging
@@ -15,17 +14,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from time import perf_counter
 from typing import Any, Final
-
-import jwt
-from jwt.exceptions import (
-    ExpiredSignatureError,
-    ImmatureSignatureError,
-    InvalidAudienceError,
-    InvalidIssuerError,
-    InvalidSignatureError,
-    MissingRequiredClaimError,
-    PyJWTError,
-)
 
 from . import telemetry
 from .claims import ClaimMap, resolve_claim_map
@@ -173,9 +161,9 @@ def _typ(value: str) -> str:
 
 
 class _Issuer:
-    """One JWTIssuer, compiled: its keys, claim map and a configured pyjwt decoder."""
+    """One JWTIssuer, compiled: its keys, claim map and the claims its tokens must carry."""
 
-    __slots__ = ("audience", "claim_map", "config", "decoder", "keys", "parties", "typ")
+    __slots__ = ("audience", "claim_map", "config", "keys", "parties", "required", "typ")
 
     def __init__(self, config: JWTIssuer, keys: KeySet) -> None:
         self.config = config
@@ -183,18 +171,16 @@ class _Issuer:
         self.claim_map = resolve_claim_map(config.claims)
         self.parties = frozenset(config.authorized_parties) if config.authorized_parties else None
         self.typ = _typ(config.required_typ) if config.required_typ else None
-        self.audience = config.audience
-        required = ["exp", "iss"]
-        if config.max_lifetime is not None:
-            required.append("iat")
-        self.decoder = jwt.PyJWT(
-            {
-                "require": required,
-                "verify_aud": config.audience is not None,
-                "verify_iat": True,
-                "verify_sub": True,
-                "verify_jti": True,
-            }
+        audience = config.audience
+        self.audience: tuple[str, ...] | None = (
+            (audience,)
+            if isinstance(audience, str)
+            else None
+            if audience is None
+            else tuple(audience)
+        )
+        self.required: tuple[str, ...] = (
+            ("exp", "iss") if config.max_lifetime is None else ("exp", "iss", "iat")
         )
 
 
@@ -209,6 +195,152 @@ def _summary(value: Any) -> str:
     # Details go to logs: bounded and repr-escaped, so a hostile claim cannot forge log lines.
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+# Why the compact form is taken apart here and not by `jwt.decode()`: pyjwt checks each base64url
+# segment one character at a time in a Python generator (a few hundred steps per token, more time
+# than the RSA signature itself) and the routing above needs the header and payload anyway, which
+# made every segment decoded and parsed twice. Here each segment is decoded once, as strictly as
+# pyjwt does (same alphabet, same padding rules, canonical encoding only), and pyjwt's own
+# algorithm objects still verify the signature (see `VerificationKey.verifiers`); the claim rules
+# pyjwt applied are applied by `_check_claims` in the same order.
+_BASE64URL: Final = re.compile(rb"[A-Za-z0-9_-]*")
+_TO_STANDARD: Final = bytes.maketrans(b"-_", b"+/")
+_SIXBITS: Final = {
+    char: value
+    for value, char in enumerate(
+        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    )
+}
+# A segment of 4n+2 characters ends in one that carries 2 bits of data and 4 unused; of 4n+3,
+# 4 bits and 2 unused.
+_UNUSED_BITS: Final = (0, 0, 0x0F, 0x03)
+
+
+def _segment(segment: bytes, what: str) -> bytes:
+    """One base64url segment, decoded; only the one canonical spelling of its bytes is accepted."""
+    stripped = segment.rstrip(b"=")
+    padding = len(segment) - len(stripped)
+    remainder = len(stripped) % 4
+    # Padding is optional in JWS (some issuers send it): at most two, and only to a full quantum.
+    if (
+        (padding and (padding > 2 or len(segment) % 4))
+        or remainder == 1
+        or not _BASE64URL.fullmatch(stripped)
+    ):
+        raise _invalid(_MALFORMED, f"{what} is not base64url")
+    # Unused bits that are not zero give other spellings of the same bytes: one token, one
+    # spelling, or the verified-token cache could be fed endless variants of a captured token.
+    # (The same verdict as pyjwt's decode-and-re-encode comparison, without encoding again.)
+    if remainder and _SIXBITS[stripped[-1]] & _UNUSED_BITS[remainder]:
+        raise _invalid(_MALFORMED, f"{what} is not canonical base64url")
+    try:
+        return binascii.a2b_base64(stripped.translate(_TO_STANDARD) + b"=" * (-remainder % 4))
+    except binascii.Error:
+        raise _invalid(_MALFORMED, f"{what} is not base64url") from None
+
+
+def _json_object(data: bytes, what: str) -> dict[str, Any]:
+    try:
+        # RFC 7519 section 7.2: the JSON is UTF-8 (json.loads on bytes would also guess UTF-16/32).
+        value = json.loads(data.decode("utf-8"))
+    except (ValueError, RecursionError):
+        raise _invalid(_MALFORMED, f"{what} is not base64url JSON") from None
+    if not isinstance(value, dict):
+        raise _invalid(_MALFORMED, f"{what} is not a JSON object")
+    return value
+
+
+# JOSE headers already checked, by their segment: an issuer's tokens all share one header
+# (`alg`, `kid`, `typ`), so a new token decodes and parses only its payload. Only headers that
+# passed (and short) are kept, and the memo is emptied when full: forged ones cannot grow it.
+_HEADERS: dict[bytes, dict[str, Any]] = {}
+_HEADERS_SIZE: Final = 256
+_HEADER_MAX_KEPT: Final = 512
+
+
+def _header(segment: bytes) -> dict[str, Any]:
+    header = _json_object(_segment(segment, "header"), "header")
+    kid = header.get("kid")
+    if kid is not None and not isinstance(kid, str):
+        raise _invalid(_MALFORMED, f"kid={_summary(kid)} is not a string")
+    if "crit" in header:
+        # No JWS extension is understood here, so any critical one must be refused.
+        raise _invalid(
+            "The access token uses an unsupported critical extension.",
+            f"crit={_summary(header['crit'])}",
+        )
+    if header.get("b64", True) is False:
+        # RFC 7797 unencoded payloads must be listed in `crit`, which is refused above.
+        raise _invalid(_MALFORMED, "b64=false without crit")
+    if len(segment) <= _HEADER_MAX_KEPT:
+        if len(_HEADERS) >= _HEADERS_SIZE:
+            _HEADERS.clear()
+        _HEADERS[segment] = header
+    return header
+
+
+def _parse(token: str) -> tuple[dict[str, Any], dict[str, Any], bytes, bytes]:
+    """(header, payload, signing input, signature) of a compact JWS; IdentityError if malformed."""
+    if not token.isascii():
+        raise _invalid(_MALFORMED, "token has non-ASCII characters")
+    if token.startswith("{"):
+        raise _invalid(_MALFORMED, "JWS JSON serialization is not accepted")
+    dots = token.count(".")
+    if dots == 4:
+        raise _invalid("Encrypted tokens (JWE) are not accepted.", "token has five segments (JWE)")
+    if dots != 2:
+        raise _invalid(_MALFORMED, f"token has {dots + 1} segments, not 3")
+    raw = token.encode("ascii")
+    header_segment, payload_segment, signature_segment = raw.split(b".")
+    header = _HEADERS.get(header_segment)
+    if header is None:
+        header = _header(header_segment)
+    payload = _json_object(_segment(payload_segment, "payload"), "payload")
+    signature = _segment(signature_segment, "signature")
+    signing_input = raw[: len(header_segment) + 1 + len(payload_segment)]
+    return header, payload, signing_input, signature
+
+
+def _check_claims(issuer: _Issuer, payload: dict[str, Any]) -> None:
+    """The claim rules (the ones pyjwt's decode applied, in its order), on a verified payload."""
+    for name in issuer.required:
+        if payload.get(name) is None:
+            raise _invalid("The access token lacks a required claim.", f"missing {name}")
+    # RFC 7519 makes every NumericDate a JSON number: "0" as a string, true or NaN is none.
+    for name in ("exp", "nbf", "iat"):
+        if name in payload and not _is_number(payload[name]):
+            raise _invalid(_MALFORMED, f"{name}={_summary(payload[name])} is not a number")
+    config = issuer.config
+    now = time.time()
+    leeway = config.leeway
+    # Whole seconds, as pyjwt compares them.
+    if "iat" in payload and int(payload["iat"]) > now + leeway:
+        raise _invalid("The access token is not valid yet.", "iat is in the future")
+    if "nbf" in payload and int(payload["nbf"]) > now + leeway:
+        raise _invalid("The access token is not valid yet.", "nbf is in the future")
+    if int(payload["exp"]) <= now - leeway:
+        raise _invalid("The access token has expired.", "exp is past")
+    iss = payload["iss"]
+    if iss != config.issuer:
+        raise _invalid("The access token's issuer is not accepted.", f"iss={_summary(iss)}")
+    if issuer.audience is not None:
+        aud = payload.get("aud")
+        if not aud:
+            raise _invalid("The access token lacks a required claim.", "missing aud")
+        claimed = [aud] if isinstance(aud, str) else aud
+        if not isinstance(claimed, list) or not all(isinstance(item, str) for item in claimed):
+            raise _invalid(
+                "The access token is not meant for this service.",
+                f"aud={_summary(aud)} is not a string or a list of strings",
+            )
+        if all(expected not in claimed for expected in issuer.audience):
+            raise _invalid(
+                "The access token is not meant for this service.", f"aud={_summary(aud)}"
+            )
+    for name in ("sub", "jti"):
+        if name in payload and not isinstance(payload[name], str):
+            raise _invalid("The access token is invalid.", f"{name} is not a string")
 
 
 class TokenVerifier:
@@ -329,56 +461,9 @@ class TokenVerifier:
         finally:
             telemetry.record_auth_duration(perf_counter() - started, outcome)
 
-    def _header(self, token: str) -> dict[str, Any]:
-        if not token.isascii():
-            raise _invalid(_MALFORMED, "token has non-ASCII characters")
-        if token.startswith("{"):
-            raise _invalid(_MALFORMED, "JWS JSON serialization is not accepted")
-        dots = token.count(".")
-        if dots == 4:
-            raise _invalid(
-                "Encrypted tokens (JWE) are not accepted.", "token has five segments (JWE)"
-            )
-        if dots != 2:
-            raise _invalid(_MALFORMED, f"token has {dots + 1} segments, not 3")
-        # Read only the header, to route the token; pyjwt checks every segment strictly after.
-        segment = token[: token.index(".")]
-        try:
-            header = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
-        except (ValueError, binascii.Error, RecursionError):
-            raise _invalid(_MALFORMED, "header is not base64url JSON") from None
-        if not isinstance(header, dict):
-            raise _invalid(_MALFORMED, "header is not a JSON object")
-        kid = header.get("kid")
-        if kid is not None and not isinstance(kid, str):
-            raise _invalid(_MALFORMED, f"kid={_summary(kid)} is not a string")
-        if "crit" in header:
-            # No JWS extension is understood here, so any critical one must be refused.
-            raise _invalid(
-                "The access token uses an unsupported critical extension.",
-                f"crit={_summary(header['crit'])}",
-            )
-        return header
-
-    def _issuer_of(self, token: str) -> _Issuer:
-        if self._only is not None:
-            return self._only  # its `iss` is still checked exactly by the decoder
-        segment = token.split(".", 2)[1]
-        try:
-            payload = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
-        except (ValueError, binascii.Error, RecursionError):
-            raise _invalid(_MALFORMED, "payload is not base64url JSON") from None
-        iss = payload.get("iss") if isinstance(payload, dict) else None
-        issuer = self._issuers.get(iss) if isinstance(iss, str) else None
-        if issuer is None:
-            raise _invalid(
-                "The access token's issuer is not accepted.", f"iss={_summary(iss)} not configured"
-            )
-        return issuer
-
     async def _verify_new(self, token: str) -> Identity:
-        header = self._header(token)
-        issuer = self._issuer_of(token)
+        header, payload, signing_input, signature = _parse(token)
+        issuer = self._only or self._issuer_of(payload)
         config = issuer.config
         alg = header.get("alg")
         # A list or object as `alg` is unhashable: refuse it before any set lookup.
@@ -409,52 +494,35 @@ class TokenVerifier:
                 "The access token's signing key is not known.",
                 f"kid={_summary(kid)} alg={alg} not in the key set of {config.issuer}",
             )
-        if alg not in key.algorithms:
+        verifier = key.verifiers.get(alg)
+        if verifier is None:
             raise _invalid(
                 "The access token's signing algorithm does not match its key.",
                 f"alg={alg} but key {kid!r} verifies {sorted(key.algorithms)}",
             )
-        try:
-            payload: dict[str, Any] = issuer.decoder.decode_complete(
-                token,
-                key.key,
-                algorithms=[alg],
-                audience=issuer.audience,
-                issuer=config.issuer,
-                leeway=config.leeway,
-            )["payload"]
-        except ExpiredSignatureError:
-            raise _invalid("The access token has expired.", "exp is past") from None
-        except ImmatureSignatureError as exc:
-            raise _invalid("The access token is not valid yet.", str(exc)) from None
-        except InvalidAudienceError as exc:
-            raise _invalid(
-                "The access token is not meant for this service.", f"aud: {exc}"
-            ) from None
-        except InvalidIssuerError as exc:
-            raise _invalid("The access token's issuer is not accepted.", f"iss: {exc}") from None
-        except MissingRequiredClaimError as exc:
-            raise _invalid(
-                "The access token lacks a required claim.", f"missing {exc.claim}"
-            ) from None
-        except InvalidSignatureError:
+        # pyjwt's own algorithm object checks the signature, with the key it prepared when the
+        # key set loaded; the algorithm comes from the key's pinned list, never from the token.
+        algorithm, prepared = verifier
+        if not algorithm.verify(signing_input, prepared, signature):
             raise _invalid(
                 "The access token's signature is not valid.", f"signature, kid={_summary(kid)}"
-            ) from None
-        except PyJWTError as exc:
-            raise _invalid("The access token is invalid.", str(exc)) from None
+            )
+        _check_claims(issuer, payload)
         return self._accept(issuer, payload, token)
+
+    def _issuer_of(self, payload: dict[str, Any]) -> _Issuer:
+        # Routing only: the chosen issuer's own `iss` is checked exactly once the signature holds.
+        iss = payload.get("iss")
+        issuer = self._issuers.get(iss) if isinstance(iss, str) else None
+        if issuer is None:
+            raise _invalid(
+                "The access token's issuer is not accepted.", f"iss={_summary(iss)} not configured"
+            )
+        return issuer
 
     def _accept(self, issuer: _Issuer, payload: dict[str, Any], token: str) -> Identity:
         config = issuer.config
         exp = payload["exp"]
-        if not _is_number(exp):
-            raise _invalid(_MALFORMED, f"exp={_summary(exp)} is not a number")
-        # pyjwt reads nbf and iat through int(), so "0" as a string would pass as 0; RFC 7519
-        # makes every NumericDate a JSON number.
-        for name in ("nbf", "iat"):
-            if name in payload and not _is_number(payload[name]):
-                raise _invalid(_MALFORMED, f"{name}={_summary(payload[name])} is not a number")
         if config.max_lifetime is not None:
             iat = payload["iat"]
             if not _is_number(iat) or exp - iat > config.max_lifetime:

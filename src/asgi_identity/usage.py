@@ -8,7 +8,9 @@ hold back a stream; whatever a response contains, they return a usage or None an
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
+from functools import lru_cache
 from typing import Any, NamedTuple
 
 #: Counts above this are not believable token counts (and keep arithmetic on them exact).
@@ -31,15 +33,19 @@ class TokenUsage(NamedTuple):
 
 
 def _count(value: Any) -> int | None:
-    # bool is an int subclass; `true` is not a token count.
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_TOKENS:
+    # bool is an int subclass; `true` is not a token count. Parsed JSON gives exact ints, so the
+    # exact type check answers first.
+    if (type(value) is int or (isinstance(value, int) and not isinstance(value, bool))) and (
+        0 <= value <= MAX_TOKENS
+    ):
         return value
     return None
 
 
 def _counts(usage: Any) -> tuple[int | None, int | None]:
     """(input, output) from one `usage` object of any supported shape; None where absent."""
-    if not isinstance(usage, Mapping):
+    # Parsed JSON objects are dicts: the exact type check spares the ABC check.
+    if type(usage) is not dict and not isinstance(usage, Mapping):
         return None, None
     # OpenAI chat completions: prompt/completion; responses API and Anthropic: input/output.
     input_tokens = _count(usage.get("prompt_tokens"))
@@ -86,6 +92,15 @@ def _loads(data: bytes) -> Any:
         return None
 
 
+def _escaped(text: str | bytes, at: int) -> bool:
+    """True when the character at `at` is escaped by an odd run of backslashes before it."""
+    backslash = "\\" if isinstance(text, str) else 0x5C
+    run = 0
+    while at > run and text[at - run - 1] == backslash:
+        run += 1
+    return run % 2 == 1
+
+
 def _usage_in_fragment(data: bytes) -> TokenUsage | None:
     """Find the last parseable `"usage": {...}` in a fragment of a JSON document."""
     decoder = json.JSONDecoder()
@@ -96,6 +111,8 @@ def _usage_in_fragment(data: bytes) -> TokenUsage | None:
         if at < 0:
             return None
         end = at
+        if _escaped(text, at):
+            continue  # `\"usage"` ends a string that mentions usage; it is not a key
         rest = text[at + len('"usage"') :].lstrip()
         if not rest.startswith(":"):
             continue
@@ -107,6 +124,61 @@ def _usage_in_fragment(data: bytes) -> TokenUsage | None:
         if found is not None:
             return found
     return None
+
+
+_BLANK_CHARS = " \t\n\r"  # JSON's whitespace
+_BLANKS = frozenset(_BLANK_CHARS)
+_WHITESPACE = re.compile(r"[ \t\n\r]*")
+
+
+def _blanks_end(text: str, pos: int) -> int:
+    match = _WHITESPACE.match(text, pos)
+    return pos if match is None else match.end()
+
+
+_decoder = json.JSONDecoder()  # reading the default hooks once, not per call as json.loads does
+_scan: Callable[[str, int], tuple[Any, int]] = _decoder.scan_once  # type: ignore[attr-defined]
+
+
+def _top_level_usage(data: bytes) -> TokenUsage | None:
+    """The counts of a whole JSON body's top-level `usage`, reading only what follows it.
+
+    None when unsure (the caller then parses the whole body). The last `"usage"` in the body is
+    a key when an unescaped quote opens it and a colon follows: inside a string every quote is
+    escaped. It is the top-level object's key (the one Python's parser keeps) when what follows
+    its value is the rest of that object's members, its closing brace, and nothing else.
+    """
+    at = data.rfind(b'"usage"')
+    if at < 0 or (at and data[at - 1] == 0x5C and _escaped(data, at)):
+        return None
+    try:
+        text = data[at + 7 :].decode("utf-8")
+        pos = 0 if text[:1] == ":" else _blanks_end(text, 0)
+        if text[pos : pos + 1] != ":":
+            return None
+        pos += 1
+        if text[pos : pos + 1] in _BLANKS:
+            pos = _blanks_end(text, pos)
+        # The C scanner behind raw_decode(), without its wrapper.
+        value, pos = _scan(text, pos)
+        if type(value) is not dict:
+            return None
+        rest = text[pos:].strip(_BLANK_CHARS)
+        if rest != "}":
+            # More members follow (OpenAI puts `system_fingerprint` after usage): with the comma
+            # swapped for a brace they must parse as one non-empty object, nothing after it.
+            if rest[:1] != ",":
+                return None
+            members = _decoder.decode("{" + rest[1:])
+            # A later key spelled with escapes (`"\\u0075sage"`) would be the one kept.
+            if not members or "usage" in members:
+                return None
+    except (StopIteration, ValueError, RecursionError):
+        return None
+    input_tokens, output_tokens = _counts(value)
+    if input_tokens is None and output_tokens is None:
+        return None
+    return TokenUsage(input_tokens or 0, output_tokens or 0)
 
 
 class JSONUsageReader:
@@ -132,8 +204,13 @@ class JSONUsageReader:
             self._truncated = True
 
     def result(self) -> TokenUsage | None:
-        data = b"".join(self._chunks)
+        chunks = self._chunks
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         if not self._truncated:
+            # Most bodies end with their usage: read that much before parsing the whole body.
+            found = _top_level_usage(data)
+            if found is not None:
+                return found
             found = usage_from_json(_loads(data))
             if found is not None:
                 return found
@@ -232,15 +309,22 @@ def reader_for(content_type: bytes | str | None) -> UsageReader | None:
     """The reader for a response of `content_type`, or None when it cannot carry usage."""
     if content_type is None:
         return None
-    if isinstance(content_type, bytes):
-        content_type = content_type.decode("latin-1")
-    media = content_type.split(";", 1)[0].strip().lower()
+    if isinstance(content_type, str):
+        content_type = content_type.encode("latin-1", "replace")
+    kind = _reader_kind(content_type)
+    return None if kind is None else kind()
+
+
+# Responses repeat a handful of content types: each is parsed once.
+@lru_cache(maxsize=256)
+def _reader_kind(content_type: bytes) -> type[UsageReader] | None:
+    media = content_type.decode("latin-1").split(";", 1)[0].strip().lower()
     if media == "text/event-stream":
-        return SSEUsageReader()
+        return SSEUsageReader
     if media == "application/json" or (
         media.startswith("application/") and media.endswith("+json")
     ):
-        return JSONUsageReader()
+        return JSONUsageReader
     return None
 
 

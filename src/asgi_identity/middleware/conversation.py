@@ -10,12 +10,15 @@ from .._asgi import ASGIApp, Message, Receive, Scope, Send
 from .._headers import DuplicateHeader, single_header
 from .._layer import LayerPolicy
 from ..errors import ErrorRenderer, IdentityError
-from ..identity import require_identity, set_identity
+from ..identity import Identity, require_identity, set_identity
 
 # Safe in a header, a log line, a metric label and a URL path segment, without escaping.
 _SAFE_ID = re.compile(rb"[A-Za-z0-9._:-]+")
 _HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
 MAX_CONVERSATION_ID_LENGTH = 1024
+# Identities tagged lately, by (identity, conversation id); emptied when full.
+_TAGGED_CACHE_SIZE = 4096
+_ECHO_AT = frozenset({"http.response.start", "websocket.accept"})
 
 
 class ConversationTagger:
@@ -30,6 +33,7 @@ class ConversationTagger:
         "_header",
         "_malformed",
         "_missing",
+        "_tagged",
         "app",
         "echo",
         "max_length",
@@ -83,6 +87,21 @@ class ConversationTagger:
             f"The {name} header must be 1 to {max_length} characters from A-Z, a-z, 0-9, "
             "'.', '_', ':' and '-'.",
         )
+        self._tagged: dict[tuple[int, bytes], tuple[Identity, Identity]] = {}
+
+    def _tag(self, identity: Identity, value: bytes) -> Identity:
+        # A conversation's turns come with the same identity object (the verifier's cache) and
+        # the same id: the tagged copy is made once and shared (identities are immutable).
+        key = (id(identity), value)
+        hit = self._tagged.get(key)
+        # The entry holds the identity itself, so its id cannot be reused while cached.
+        if hit is not None and hit[0] is identity:
+            return hit[1]
+        tagged = identity.replace(conversation_id=value.decode("ascii"))
+        if len(self._tagged) >= _TAGGED_CACHE_SIZE:
+            self._tagged.clear()
+        self._tagged[key] = (identity, tagged)
+        return tagged
 
     def _read(self, scope: Scope) -> bytes | IdentityError | None:
         try:
@@ -106,9 +125,8 @@ class ConversationTagger:
                 return
             value = None
         if value is not None:
-            conversation_id = value.decode("ascii")
-            set_identity(scope, identity.replace(conversation_id=conversation_id))
-            telemetry.on_conversation(scope, conversation_id)
+            set_identity(scope, self._tag(identity, value))
+            telemetry.on_conversation(scope, value.decode("ascii"))
             if self.echo:
                 send = _with_echo(send, (self._header, value))
         await self.app(scope, receive, send)
@@ -117,13 +135,18 @@ class ConversationTagger:
 def _with_echo(send: Send, header: tuple[bytes, bytes]) -> Send:
     # Only the message that starts the response (or accepts the WebSocket) carries headers, so
     # streamed bodies and frames pass untouched.
+    name = header[0]
+
     async def send_with_id(message: Message) -> None:
-        if message["type"] in ("http.response.start", "websocket.accept"):
-            headers = list(message.get("headers", ()))
-            # An app that sets the header itself keeps its own value.
-            if not any(name.lower() == header[0] for name, _ in headers):
-                headers.append(header)
-            message["headers"] = headers
+        if message["type"] in _ECHO_AT:
+            headers = message.get("headers", ())
+            # An app that sets the header itself keeps its own value. A new list: the app's may
+            # be one it sends again (a Response object reused across requests).
+            for key, _ in headers:
+                if key.lower() == name:
+                    break
+            else:
+                message["headers"] = [*headers, header]
         await send(message)
 
     return send_with_id

@@ -147,6 +147,7 @@ class IdentityMiddleware:
             tuple[int, int, str | None], tuple[Identity | None, APIKey | None, Identity]
         ] = {}
         self._forward_cache: dict[int, tuple[Identity, list[tuple[bytes, bytes]]]] = {}
+        self._forward_by_value: dict[tuple[object, ...], list[tuple[bytes, bytes]]] = {}
 
     # -- configuration -------------------------------------------------------------------------
 
@@ -236,12 +237,13 @@ class IdentityMiddleware:
             else:
                 telemetry.on_identity(scope, identity)
 
-        headers = presented.kept
+        headers = self._reader.kept(presented)
         if self._sanitize and presented.bearer_is_key:
             headers = self._without_key_bearer(headers)
         if self._forward:
-            headers.extend(self._forwarded(identity))
-        scope["headers"] = headers
+            scope["headers"] = [*headers, *self._forwarded(identity)]
+        elif headers is not presented.headers:
+            scope["headers"] = headers
         set_identity(scope, identity)
         # New per request: a handler may change them, and that must not reach the next request.
         if "user" not in scope:
@@ -258,20 +260,29 @@ class IdentityMiddleware:
         # The entry holds the identity itself, so its id cannot be reused while cached.
         if hit is not None and hit[0] is identity:
             return hit[1]
-        encoded = forwarded_headers(identity, self._prefix)
+        # A new token of a person seen before (a refresh) is a new Identity with the same values.
+        values = (
+            identity.source,
+            identity.user_id,
+            identity.email,
+            identity.group,
+            identity.tenant,
+            identity.roles,
+            identity.client_id,
+        )
+        encoded = self._forward_by_value.get(values)
+        if encoded is None:
+            encoded = forwarded_headers(identity, self._prefix)
+            if len(self._forward_by_value) >= _DERIVED_CACHE_SIZE:
+                self._forward_by_value.clear()
+            self._forward_by_value[values] = encoded
         if len(self._forward_cache) >= _DERIVED_CACHE_SIZE:
             self._forward_cache.clear()
         self._forward_cache[id(identity)] = (identity, encoded)
         return encoded
 
     def _strip_only(self, scope: Scope) -> Presented:
-        found = Presented()
-        prefix = self._prefix
-        found.kept = [
-            (name, value)
-            for name, value in scope["headers"]
-            if not normalized_name(name).startswith(prefix)
-        ]
+        found = Presented(self._reader.without_forwarded(scope["headers"]))
         return found
 
     def _without_key_bearer(self, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:

@@ -20,14 +20,17 @@ from limits.strategies import RateLimiter as InProcessRateLimiter
 
 from .. import telemetry
 from .._asgi import ASGIApp, Message, Receive, Scope, Send
-from .._body import DEFAULT_MAX_BODY, peek_json
+from .._body import DEFAULT_MAX_BODY, peek_body
 from .._headers import with_response_headers
 from .._layer import LayerPolicy
 from .._ratelimit import (
     LimitSpec,
+    SweptMemoryStorage,
     TrustedProxies,
     Window,
+    body_output_cap,
     bucket_key,
+    content_length,
     parse_limit,
     parse_tiers,
     per_window,
@@ -35,13 +38,7 @@ from .._ratelimit import (
     ratelimit_header,
     seconds_until,
 )
-from .._token_quota import (
-    Reservation,
-    TokenLedger,
-    TokenRefusal,
-    UsageMeter,
-    estimate_tokens,
-)
+from .._token_quota import Reservation, TokenLedger, TokenRefusal, UsageMeter
 from ..errors import ErrorRenderer, IdentityError
 from ..identity import Identity, require_identity
 from ..usage import TokenUsage
@@ -69,50 +66,15 @@ _IN_PROCESS_STRATEGIES: Mapping[str, Callable[[InProcessStorage], InProcessRateL
 # Counting in this process needs no I/O, so limits' synchronous memory storage does it without the
 # async one's per-call lock, expiry task and await. One twin per async memory storage object:
 # limiters given the same object (Litestar's per-route copies) keep sharing their counters.
-_IN_PROCESS_TWINS: WeakKeyDictionary[MemoryStorage, InProcessStorage] = WeakKeyDictionary()
+_IN_PROCESS_TWINS: WeakKeyDictionary[MemoryStorage, SweptMemoryStorage] = WeakKeyDictionary()
 # Bucket keys and limits of the identities seen lately; emptied when full.
 _PLAN_CACHE_SIZE = 4096
 
 
-# How often, at most, expired counters are swept out of memory (a counter read after its window is
-# dropped on the spot; the sweep only frees the ones nobody asks about again).
-_SWEEP_EVERY = 5.0
-
-
-class _SweptMemoryStorage(InProcessStorage):
-    """limits' memory storage, with expired entries swept inline every few seconds.
-
-    limits schedules the sweep on a 10 ms `threading.Timer`, which starts a new thread every
-    10 ms under load and makes the request that starts it wait for the thread: here that cost
-    more than the counting itself. The event loop is the only writer, so the sweep runs on it.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.timer.cancel()  # the one limits starts on construction; sweeps happen inline
-        self._next_sweep = time.monotonic() + _SWEEP_EVERY
-
-    # Overrides limits' private hook, so the name is the mangled one; if limits renames it, its
-    # own timer comes back: slower, never wrong.
-    def _MemoryStorage__schedule_expiry(self) -> None:
-        now = time.monotonic()
-        if now >= self._next_sweep:
-            self._next_sweep = now + _SWEEP_EVERY
-            self._MemoryStorage__expire_events()  # type: ignore[attr-defined]
-
-
-# limits wraps these methods of every Storage subclass (again for this one) to turn backend errors
-# into StorageError when wrap_exceptions is set; it is not set here and memory has no backend,
-# so the calls go straight to limits' own code.
-for _name in ("incr", "get", "get_expiry", "check", "reset", "clear"):
-    _method = getattr(InProcessStorage, _name)
-    setattr(_SweptMemoryStorage, _name, getattr(_method, "__wrapped__", _method))
-
-
-def _in_process_twin(storage: MemoryStorage) -> InProcessStorage:
+def _in_process_twin(storage: MemoryStorage) -> SweptMemoryStorage:
     twin = _IN_PROCESS_TWINS.get(storage)
     if twin is None:
-        twin = _IN_PROCESS_TWINS[storage] = _SweptMemoryStorage()
+        twin = _IN_PROCESS_TWINS[storage] = SweptMemoryStorage()
     return twin
 
 
@@ -138,6 +100,8 @@ class _Plan(NamedTuple):
     request_ids: str  # the identifier limits' strategies key the request windows by
     request_keys: tuple[str, ...]  # the fixed-window counters, one per request window
     token_keys: tuple[str, ...]  # the token counters, one per token window
+    windows: tuple[Window, ...]  # the request windows, then the token windows
+    policies: tuple[bytes, ...]  # RateLimit-Policy for each prefix of `windows`, by its length
 
 
 class WindowUsage(NamedTuple):
@@ -226,7 +190,7 @@ class UserRateLimit:
                 f"{type(storage).__name__}"
             ) from None
         # Only limits' own class: a subclass may count differently, so it keeps the async path.
-        self._memory: InProcessStorage | None = None
+        self._memory: SweptMemoryStorage | None = None
         self._memory_limiter: InProcessRateLimiter | None = None
         if type(built) is MemoryStorage:
             self._memory = _in_process_twin(built)
@@ -330,6 +294,7 @@ class UserRateLimit:
         parts = self._parts(identity, scope)
         ids = "/".join((self.key_prefix, "requests", *parts))
         ledger = self._tokens_ledger
+        windows = (*(requests or ()), *(tokens or ()))
         plan = _Plan(
             requests,
             tokens,
@@ -337,6 +302,8 @@ class UserRateLimit:
             ids,
             tuple(window.storage_key(ids) for window in requests or ()),
             tuple(ledger.key(parts, window) for window in tokens or ()),
+            windows,
+            tuple(self._policy_header(windows[:n]) for n in range(len(windows) + 1)),
         )
         if not anonymous:
             if len(self._plans) >= _PLAN_CACHE_SIZE:
@@ -444,7 +411,7 @@ class UserRateLimit:
 
         if self.headers and states and scope["type"] == "http":
             extra = [
-                (b"ratelimit-policy", self._policy_header(states)),
+                (b"ratelimit-policy", self._request_policy(plan, states)),
                 (b"ratelimit", ratelimit_header(states)),
             ]
         else:
@@ -463,21 +430,22 @@ class UserRateLimit:
         # Shortest window first: a burst refused by the per-second window does not eat into the
         # daily budget; a request refused by the daily window was counted by the short ones only.
         memory = self._memory
+        now = time.time()
         for index, window in enumerate(windows):
             if self._fixed:
                 # The counter's new value says everything the headers need: one call, not two.
                 key = plan.request_keys[index]
                 if memory is not None:
-                    count = memory.incr(key, window.seconds)
+                    count, reset = memory.count(key, window.seconds, 1, now)
+                    admitted = count <= window.amount
+                    retry = seconds_until(reset, now)
                 else:
                     count = await self._call(self.storage.incr(key, window.seconds))
-                admitted = count <= window.amount
-                if self.headers or not admitted:
-                    if memory is not None:
-                        reset = memory.get_expiry(key)
-                    else:
+                    admitted = count <= window.amount
+                    if self.headers or not admitted:
                         reset = await self._call(self.storage.get_expiry(key))
-                    retry = seconds_until(reset, time.time())
+                        retry = seconds_until(reset, time.time())
+                if self.headers or not admitted:
                     states.append((window, window.amount - count, retry))
             else:
                 admitted = await self._hit(window, plan.request_ids)
@@ -509,8 +477,16 @@ class UserRateLimit:
             reset, remaining = await self._call(self._limiter.get_window_stats(window.item, ids))
         return reset, remaining
 
-    def _policy_header(self, states: list[tuple[Window, int, int]]) -> bytes:
-        windows = tuple(window for window, _, _ in states)
+    def _request_policy(self, plan: _Plan, states: list[tuple[Window, int, int]]) -> bytes:
+        # The states are some request windows then some token windows, each kind in order: they
+        # are a prefix of plan.windows exactly when the last one is where that prefix ends (no
+        # later token window follows a request window that refused, in observe mode).
+        count = len(states)
+        if states[-1][0] is plan.windows[count - 1]:
+            return plan.policies[count]
+        return self._policy_header(tuple(window for window, _, _ in states))
+
+    def _policy_header(self, windows: tuple[Window, ...]) -> bytes:
         value = self._policies.get(windows)
         if value is None:
             # A handful of distinct window sets exist (one per tier and kind): cache them all.
@@ -522,7 +498,8 @@ class UserRateLimit:
     ) -> list[tuple[str, str]]:
         headers = [("Retry-After", str(max(1, retry)))]
         if self.headers:
-            headers.append(("RateLimit-Policy", self._policy_header(states).decode()))
+            windows = tuple(window for window, _, _ in states)
+            headers.append(("RateLimit-Policy", self._policy_header(windows).decode()))
             headers.append(("RateLimit", ratelimit_header(states).decode()))
         return headers
 
@@ -535,27 +512,21 @@ class UserRateLimit:
         windows: tuple[Window, ...],
         states: list[tuple[Window, int, int]],
     ) -> tuple[Receive, Reservation | None, IdentityError | None]:
-        size = 0
-        source = receive
-
-        async def counting() -> Message:
-            nonlocal size
-            message = await source()
-            if message["type"] == "http.request":
-                size += len(message.get("body", b""))
-            return message
-
-        # A new name, not `receive`: `counting` reads `receive` when called, and rebinding it to
-        # the replay would make a read past the body call itself forever.
-        body, replay = await peek_json(counting, self.max_body)
-        if not isinstance(body, dict):
-            if size <= self.max_body:
+        body, size, replay = await peek_body(receive, self.max_body)
+        if body is not None:
+            is_object, cap = body_output_cap(body)
+            if not is_object:
                 return replay, None, None  # not an LLM call: nothing to reserve or settle
+        elif size <= self.max_body:
+            return replay, None, None  # the client left before sending the whole body
+        else:
             # Too large to read is not "not an LLM call": padding a prompt past max_body must
             # not make it free. Reserve the default and settle from the response as usual.
-            body = {}
+            cap = None
+            size = max(size, content_length(scope))
         reservation = Reservation(identity, plan.parts, windows, plan.token_keys)
-        estimate = estimate_tokens(body, scope, self.default_max_tokens, size)
+        # The input at about four bytes a token, plus what the output may reach.
+        estimate = (cap or self.default_max_tokens) + size // 4
         refusal = await self._tokens_ledger.reserve(reservation, estimate, states)
         if refusal is None:
             return replay, reservation, None
@@ -601,7 +572,10 @@ class UserRateLimit:
                 charge, found = meter.outcome(reservation)
                 if self._memory is not None:
                     # Counting in memory never suspends, so nothing can cancel it half-way.
-                    await self._settle(reservation, charge, found)
+                    if found is not None:
+                        identity = reservation.identity
+                        telemetry.on_tokens(identity, found.input_tokens, found.output_tokens)
+                    TokenLedger.settle_in_memory(self._memory, reservation, charge)
                 else:
                     task = asyncio.ensure_future(self._settle(reservation, charge, found))
                     self._settling.add(task)
