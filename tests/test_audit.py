@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import logging
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from opentelemetry._logs import _internal as _logs_internal
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
 from opentelemetry.sdk.trace import TracerProvider
@@ -21,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from asgi_identity import APIKey, Identity, hash_api_key, telemetry
+from asgi_identity import APIKey, Identity, audit, hash_api_key, telemetry
 from asgi_identity._asgi import ASGIApp
 from asgi_identity.audit import (
     AuditFile,
@@ -178,10 +182,94 @@ async def test_records_can_go_to_the_stdlib_logger_instead(
     assert entry.audit["outcome"] == "deny"  # type: ignore[attr-defined]
 
 
-def test_nothing_is_built_when_no_sink_is_active() -> None:
+def test_nothing_is_built_when_no_sink_is_active(monkeypatch: pytest.MonkeyPatch) -> None:
     # No file, no SDK logger provider, stdlib logger not enabled for INFO: the hook returns.
+    monkeypatch.setattr(_logs_internal, "_LOGGER_PROVIDER", None)
     configure_audit()
+
+    def must_not_build(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        raise AssertionError("a record was built with nowhere to send it")
+
+    monkeypatch.setattr(audit, "build_record", must_not_build)
     record_decision({"type": "http"}, "Test", "deny", "invalid_token", None)
+
+
+def test_a_file_without_a_logs_sdk_builds_no_log_records(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_logs_internal, "_LOGGER_PROVIDER", None)
+    path = tmp_path / "audit.jsonl"
+    file = configure_audit(path=path, key=AUDIT_KEY)  # emit="otel", but no SDK to emit to
+    assert file is not None
+
+    def must_not_emit(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("an OpenTelemetry log record was built with no logs SDK")
+
+    monkeypatch.setattr(audit, "_emit_otel", must_not_emit)
+    record_decision({"type": "http"}, "Test", "deny", "invalid_token", None)
+    assert file.flush()
+    assert [r["reason"] for r in records(path)] == ["invalid_token"]
+
+
+def otel_logs() -> tuple[LoggerProvider, InMemoryLogRecordExporter]:
+    exporter = InMemoryLogRecordExporter()  # type: ignore[no-untyped-call]
+    provider = LoggerProvider()
+    provider.add_log_record_processor(SimpleLogRecordProcessor(exporter))
+    return provider, exporter
+
+
+ALICE = Identity(source="jwt", user_id="alice", email="alice@acme.com", tenant="acme")
+PSEUDONYM_KEY = b"a-pseudonymizing-secret-of-32-bytes"
+
+
+def test_pseudonymous_telemetry_keeps_the_user_and_email_out_of_log_records(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    telemetry.configure_telemetry(pseudonymize_key=PSEUDONYM_KEY)
+    expected_hash = hmac.new(PSEUDONYM_KEY, b"alice", hashlib.sha256).hexdigest()[:32]
+    provider, exporter = otel_logs()
+    path = tmp_path / "audit.jsonl"
+    file = configure_audit(path=path, key=AUDIT_KEY, logger_provider=provider)
+    assert file is not None
+    record_decision({"type": "http"}, "Test", "deny", "policy_denied", ALICE)
+    [log] = [item.log_record for item in exporter.get_finished_logs()]
+    assert log.attributes is not None
+    assert log.attributes["user.hash"] == expected_hash
+    assert "user.id" not in log.attributes
+    assert isinstance(log.body, dict)
+    assert log.body["user_hash"] == expected_hash
+    assert "user_id" not in log.body
+    assert "email" not in log.body
+    assert log.body["tenant"] == "acme"
+    # The HMAC-chained file is the full record, for whoever holds the audit key.
+    assert file.flush()
+    [written] = records(path)
+    assert (written["user_id"], written["email"]) == ("alice", "alice@acme.com")
+    provider.shutdown()
+
+    configure_audit(emit="logging")
+    with caplog.at_level(logging.INFO, logger="asgi_identity.audit"):
+        record_decision({"type": "http"}, "Test", "deny", "policy_denied", ALICE)
+    [entry] = [r for r in caplog.records if r.name == "asgi_identity.audit"]
+    logged = json.loads(entry.getMessage())
+    assert logged["user_hash"] == expected_hash
+    assert "user_id" not in logged
+    assert "alice" not in entry.getMessage()
+    assert "user_id" not in entry.audit  # type: ignore[attr-defined]
+
+
+def test_email_reaches_log_records_only_when_telemetry_records_email() -> None:
+    provider, exporter = otel_logs()
+    configure_audit(logger_provider=provider)
+    record_decision({"type": "http"}, "Test", "allow", None, ALICE)
+    telemetry.configure_telemetry(record_email=True)
+    record_decision({"type": "http"}, "Test", "allow", None, ALICE)
+    bodies = [item.log_record.body for item in exporter.get_finished_logs()]
+    assert [(b["user_id"], b.get("email")) for b in bodies if isinstance(b, dict)] == [
+        ("alice", None),
+        ("alice", "alice@acme.com"),
+    ]
+    provider.shutdown()
 
 
 def test_a_made_up_outcome_is_refused() -> None:
@@ -310,6 +398,108 @@ def test_a_writer_refuses_to_continue_a_tampered_file(tmp_path: Path) -> None:
     edit_lines(path, removed)
     with pytest.raises(ValueError, match="does not verify"):
         AuditFile(path, AUDIT_KEY)
+
+
+def test_a_record_that_cannot_be_encoded_is_skipped_and_the_chain_holds(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "audit.jsonl"
+    file = AuditFile(path, AUDIT_KEY)
+    file.append({"outcome": "allow", "user_id": "first"})
+    file.append({"outcome": "allow", "user_id": object()})
+    file.append({"outcome": "allow", "user_id": "third"})
+    file.close()
+    assert [(r["seq"], r["user_id"]) for r in records(path)] == [(1, "first"), (2, "third")]
+    assert verify_audit_file(path, AUDIT_KEY).ok
+    assert "could not be written" in caplog.text
+    AuditFile(path, AUDIT_KEY).close()  # a restart continues the file
+
+
+def test_a_failed_disk_write_leaves_no_partial_record_and_no_gap(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "audit.jsonl"
+    file = AuditFile(path, AUDIT_KEY)
+    file.append({"outcome": "allow", "user_id": "before"})
+    assert file.flush()
+    write_all = file._write_all
+
+    def disk_full(data: bytes) -> None:
+        write_all(data[: len(data) // 2])  # half a line reaches the disk, then ENOSPC
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(file, "_write_all", disk_full)
+    file.append({"outcome": "deny", "user_id": "lost"})
+    assert file.flush()
+    monkeypatch.setattr(file, "_write_all", write_all)
+    file.append({"outcome": "allow", "user_id": "after"})
+    file.close()
+    assert [(r["seq"], r["user_id"]) for r in records(path)] == [(1, "before"), (2, "after")]
+    assert verify_audit_file(path, AUDIT_KEY).ok
+    assert "No space left on device" in caplog.text
+    restarted = AuditFile(path, AUDIT_KEY)
+    restarted.append({"outcome": "allow", "user_id": "restarted"})
+    restarted.close()
+    assert verify_audit_file(path, AUDIT_KEY).records == 3
+
+
+def test_close_leaves_a_slow_writer_the_file_until_it_is_done(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "audit.jsonl"
+    file = AuditFile(path, AUDIT_KEY)
+    writing, release = threading.Event(), threading.Event()
+    write_all = file._write_all
+
+    def slow_disk(data: bytes) -> None:
+        writing.set()
+        assert release.wait(30)
+        write_all(data)
+
+    monkeypatch.setattr(file, "_write_all", slow_disk)
+    file.append({"outcome": "allow", "user_id": "slow"})
+    assert writing.wait(30)
+    file.close(timeout=0.01)  # gives up waiting; the writer still owns the file
+    with pytest.raises(RuntimeError, match="in use"):
+        AuditFile(path, AUDIT_KEY)
+    release.set()
+    file._thread.join(30)
+    assert [r["user_id"] for r in records(path)] == ["slow"]
+    assert verify_audit_file(path, AUDIT_KEY).ok
+    AuditFile(path, AUDIT_KEY).close()  # the writer closed the file and let go of it
+
+
+def test_configuring_the_same_file_again_continues_its_chain(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    identity = Identity(source="jwt", user_id="alice")
+    for _ in range(3):
+        configure_audit(path=path, key=AUDIT_KEY, emit="none")
+        for _ in range(2000):
+            record_decision({"type": "http"}, "Test", "allow", None, identity)
+    shutdown_audit()
+    result = verify_audit_file(path, AUDIT_KEY)
+    assert (result.ok, result.reason, result.records) == (True, None, 6000)
+
+
+def test_a_second_process_on_the_same_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    file = AuditFile(path, AUDIT_KEY)
+    script = textwrap.dedent(
+        f"""
+        from asgi_identity.audit import AuditFile
+        try:
+            AuditFile({str(path)!r}, {AUDIT_KEY!r})
+        except RuntimeError as exc:
+            print(exc)
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    file.close()
+    assert result.returncode == 0, result.stderr
+    assert str(path) in result.stdout
+    assert "one audit file per process" in result.stdout
 
 
 def test_an_empty_file_verifies_with_no_records(tmp_path: Path) -> None:

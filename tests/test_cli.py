@@ -118,6 +118,47 @@ def test_mint_refuses_an_algorithm_that_does_not_fit_the_key(tmp_path: Path) -> 
     assert "does not fit this key" in result.stderr
 
 
+def test_mint_refuses_a_shared_secret_algorithm() -> None:
+    result = run("mint", "--alg", "HS256")
+    assert result.returncode == 2
+    assert "--alg must be one of" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_files_that_are_not_text_are_a_clear_usage_error(tmp_path: Path) -> None:
+    (tmp_path / "binary").write_bytes(b"\x30\x82\xff\xfe\x00 not text")
+    token = run("mint").stdout.strip()
+    for args in (
+        ("mint", "--key", "binary"),
+        ("verify", token, "--public-key", "binary"),
+        ("jwks", "binary"),
+    ):
+        result = run(*args, cwd=tmp_path)
+        assert result.returncode == 2, (args, result.stderr)
+        assert "binary is not a text file" in result.stderr, args
+        assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("option", ["--key-out", "--jwks-out"])
+def test_writing_into_a_missing_directory_exits_3_with_a_message(
+    tmp_path: Path, option: str
+) -> None:
+    result = run("mint", option, "no-such-dir/out", cwd=tmp_path)
+    assert result.returncode == 3, result.stderr
+    assert "cannot write no-such-dir/out" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_key_out_over_an_existing_file_makes_it_private(tmp_path: Path) -> None:
+    target = tmp_path / "dev.pem"
+    target.write_text("old")
+    target.chmod(0o644)
+    result = run("mint", "--key-out", "dev.pem", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert target.stat().st_mode & 0o777 == 0o600
+    assert target.read_text().startswith("-----BEGIN PRIVATE KEY-----")
+
+
 def test_verify_fetches_keys_from_a_jwks_url_and_from_issuer_discovery(
     issuer: LocalIssuer, jwks_server: JWKSServer
 ) -> None:

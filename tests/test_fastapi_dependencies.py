@@ -138,6 +138,18 @@ async def test_without_the_handler_fastapi_still_answers_403() -> None:
     assert response.json() == {"detail": "This route requires the role 'admin'."}
 
 
+async def test_without_the_handler_refusals_still_carry_the_contract_headers() -> None:
+    api = make_api(contract=False)
+    anonymous = await call(with_identity(api, ANONYMOUS), "GET", "/admin")
+    assert anonymous.status_code == 401
+    assert anonymous.headers["www-authenticate"] == "Bearer"
+    assert anonymous.headers["cache-control"] == "no-store"
+    denied = await call(with_identity(api, BOB), "GET", "/admin")
+    assert denied.status_code == 403
+    assert denied.headers["cache-control"] == "no-store"
+    assert "www-authenticate" not in denied.headers
+
+
 async def test_custom_renderer_replaces_the_body() -> None:
     api = FastAPI()
     install_error_handler(api, renderer=lambda error: (error.code.encode(), "text/plain"))

@@ -1,7 +1,8 @@
 """Route policy rules: the `Rule` record, loading from TOML/JSON, and compilation into an index.
 
-Everything here runs once at start-up; `CompiledPolicy.candidates` is the only per-request path
-work (a walk of a segment trie, memoized per method and path).
+Loading and compiling run once at start-up. Per request, `CompiledPolicy.matching` finds the
+path's buckets (a walk of a segment trie, memoized per path), collects each bucket's rules for
+the identity (`_Bucket.collect`, a few dict lookups), then checks method and identity conditions.
 """
 
 from __future__ import annotations
@@ -328,8 +329,9 @@ def _set_or_none(values: Collection[str]) -> frozenset[str] | None:
     return frozenset(values) or None
 
 
-#: Distinct (method, path) pairs whose candidate rules are remembered; paths with parameters are
-#: unbounded, so the memo is emptied when full rather than allowed to grow.
+#: Distinct paths whose trie buckets are remembered (the method is checked per request, so it is
+#: not part of the key); paths with parameters are unbounded, so the memo is emptied when full
+#: rather than allowed to grow.
 _MEMO_SIZE: Final = 4096
 
 

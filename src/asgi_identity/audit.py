@@ -27,6 +27,13 @@ from opentelemetry import trace
 
 from ._asgi import Scope
 
+try:
+    import fcntl
+
+    _CAN_LOCK = True
+except ImportError:  # pragma: no cover - not POSIX: no lock against a second writer
+    _CAN_LOCK = False
+
 if TYPE_CHECKING:
     from .identity import Identity
 
@@ -84,6 +91,13 @@ def _key_bytes(key: bytes | str, where: str) -> bytes:
     return key
 
 
+def _file_key(key: bytes | str) -> bytes:
+    key = _key_bytes(key, "AuditFile")
+    if len(key) < _MIN_KEY_BYTES:
+        raise ValueError(f"AuditFile: the audit key must be at least {_MIN_KEY_BYTES} bytes")
+    return key
+
+
 # ------------------------------------------------------------------------------ the file
 
 
@@ -102,17 +116,21 @@ class AuditFile:
         fsync: bool = False,
         max_pending: int = 100_000,
     ) -> None:
-        key = _key_bytes(key, "AuditFile")
-        if len(key) < _MIN_KEY_BYTES:
-            raise ValueError(f"AuditFile: the audit key must be at least {_MIN_KEY_BYTES} bytes")
+        key = _file_key(key)
         if max_pending < 1:
             raise ValueError("AuditFile: max_pending must be at least 1")
         self.path = Path(path)
         self._key = key
         self._fsync = fsync
         self._max_pending = max_pending
-        self._previous, self._seq = _chain_end(self.path, key)
-        self._file = self.path.open("ab")
+        # Unbuffered: after a failed write nothing is left in a buffer to reach the disk later.
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        try:
+            _lock(self._fd, self.path)
+            self._previous, self._seq = _chain_end(self.path, key)
+        except BaseException:
+            os.close(self._fd)
+            raise
         self._queue: deque[dict[str, Any]] = deque()
         self._cond = threading.Condition()
         self._pending = 0
@@ -153,14 +171,28 @@ class AuditFile:
                 return
             self._closing = True
             self._cond.notify_all()
+        # The writer closes the file once the queue is written: a writer still busy after
+        # `timeout` keeps it (and its lock) rather than being cut off mid-record.
         self._thread.join(timeout)
-        self._file.close()
+        if self._thread.is_alive():
+            _internal_logger.warning(
+                "audit file %s: still writing %d queued records after %ss",
+                self.path,
+                self._pending,
+                timeout,
+            )
 
     @property
     def last_mac(self) -> str:
         return self._previous
 
     def _run(self) -> None:
+        try:
+            self._drain()
+        finally:
+            os.close(self._fd)  # also lets go of the lock
+
+    def _drain(self) -> None:
         while True:
             with self._cond:
                 self._cond.wait_for(lambda: bool(self._queue) or self._closing)
@@ -178,20 +210,62 @@ class AuditFile:
                     self._cond.notify_all()
 
     def _write(self, batch: list[dict[str, Any]]) -> None:
+        # Signed into locals: the chain end moves only once the records are on disk, so a
+        # record that cannot be encoded or a failed write never leaves a gap in the chain.
+        seq, previous = self._seq, self._previous
         lines = []
         for record in batch:
-            self._seq += 1
             signed = dict(record)
-            signed["seq"] = self._seq
-            canonical = _canonical(signed)
-            mac = _mac(self._key, self._previous, canonical)
-            self._previous = mac
-            signed["mac"] = mac
+            signed["seq"] = seq + 1
+            try:
+                canonical = _canonical(signed)
+            except (TypeError, ValueError) as exc:
+                _internal_logger.error(
+                    "audit file %s: a record could not be written (not JSON): %s", self.path, exc
+                )
+                continue
+            seq += 1
+            previous = _mac(self._key, previous, canonical)
+            signed["mac"] = previous
             lines.append(_canonical(signed) + b"\n")
-        self._file.write(b"".join(lines))
-        self._file.flush()
-        if self._fsync:
-            os.fsync(self._file.fileno())
+        if not lines:
+            return
+        end = os.fstat(self._fd).st_size
+        try:
+            self._write_all(b"".join(lines))
+            if self._fsync:
+                os.fsync(self._fd)
+        except OSError as exc:
+            # Cut what reached the disk, so the file still ends at the last committed record.
+            try:
+                os.ftruncate(self._fd, end)
+            except OSError:
+                _internal_logger.exception(
+                    "audit file %s: could not cut a partial write", self.path
+                )
+            _internal_logger.error(
+                "audit file %s: %d records could not be written: %s", self.path, len(lines), exc
+            )
+            return
+        self._seq, self._previous = seq, previous
+
+    def _write_all(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view) :]
+
+
+def _lock(fd: int, path: Path) -> None:
+    """Hold an exclusive lock on the open file: two writers would interleave their chains."""
+    if not _CAN_LOCK:  # pragma: no cover - not POSIX
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise RuntimeError(
+            f"audit file {path} is in use by another writer (another process, or an AuditFile "
+            "not yet closed): use one audit file per process, e.g. with the pid in its name"
+        ) from None
 
 
 def _chain_end(path: Path, key: bytes) -> tuple[str, int]:
@@ -405,19 +479,26 @@ def configure_audit(
         raise ValueError("configure_audit: an audit file needs both path and key")
     if policy_version is not None and not isinstance(policy_version, str):
         raise TypeError("configure_audit: policy_version must be a string")
-    file = AuditFile(path, key, fsync=fsync) if path is not None and key is not None else None
+    if key is not None:
+        _file_key(key)  # a bad key fails here, before the file in use is closed
     global _audit
     with _configure_lock:
         old = _audit
-        _audit = _Audit(
-            emit=emit,
-            file=file,
-            logger_provider=logger_provider,
-            policy_version=policy_version,
-            record_allowed=record_allowed,
-        )
-    if old.file is not None:
-        old.file.close()
+        settings: dict[str, Any] = {
+            "emit": emit,
+            "logger_provider": logger_provider,
+            "policy_version": policy_version,
+            "record_allowed": record_allowed,
+        }
+        # The old file is written out and closed before a file is opened: it may be the same
+        # path, and two writers on one file would interleave their chains.
+        _audit = _Audit(**settings)
+        if old.file is not None:
+            old.file.close()
+        if path is None or key is None:
+            return None
+        file = AuditFile(path, key, fsync=fsync)
+        _audit = _Audit(file=file, **settings)
     return file
 
 
@@ -546,14 +627,50 @@ def record_decision(
     )
     if state.file is not None:
         state.file.append(record)
-    if state.emit == "otel" and state.otel_logger is not None:
-        _emit_otel(state.otel_logger, record, now_ns)
+    if state.emit == "otel":
+        # With a file, active() was true without asking whether a logs SDK records.
+        if state.otel_logger is not None and _otel_logs_live(state):
+            _emit_otel(state.otel_logger, _shared_record(record), now_ns)
     elif state.emit == "logging" and logger.isEnabledFor(logging.INFO):
+        shared = _shared_record(record)
         logger.info(
             "%s",
-            json.dumps(record, separators=(",", ":"), ensure_ascii=False),
-            extra={"audit": record},
+            json.dumps(shared, separators=(",", ":"), ensure_ascii=False),
+            extra={"audit": shared},
         )
+
+
+def _telemetry_module() -> Any:
+    global _telemetry
+    if _telemetry is None:
+        from . import telemetry  # imported late: telemetry imports this module
+
+        _telemetry = telemetry
+    return _telemetry
+
+
+_telemetry: Any = None
+
+
+def _shared_record(record: dict[str, Any]) -> dict[str, Any]:
+    """The record as log pipelines get it: the person shown as `configure_telemetry()` says.
+
+    Pseudonymous telemetry turns `user_id` into `user_hash`; `email` stays unless telemetry
+    records email. Only the HMAC-chained file, read with the audit key, keeps both.
+    """
+    if "user_id" not in record and "email" not in record:
+        return record
+    state = _telemetry_module()._state
+    hash_user = state.hash_user
+    record_email = state.config.record_email
+    if hash_user is None and (record_email or "email" not in record):
+        return record
+    shared = dict(record)
+    if not record_email:
+        shared.pop("email", None)
+    if hash_user is not None and "user_id" in shared:
+        shared["user_hash"] = hash_user(shared.pop("user_id"))
+    return shared
 
 
 def _emit_otel(otel_logger: Any, record: dict[str, Any], now_ns: int) -> None:
@@ -565,6 +682,8 @@ def _emit_otel(otel_logger: Any, record: dict[str, Any], now_ns: int) -> None:
         attributes["error.type"] = record["reason"]
     if "user_id" in record:
         attributes["user.id"] = record["user_id"]
+    elif "user_hash" in record:
+        attributes["user.hash"] = record["user_hash"]
     otel_logger.emit(
         _otel_logs.LogRecord(
             **_LOG_RECORD_CONSTANTS, timestamp=now_ns, body=record, attributes=attributes

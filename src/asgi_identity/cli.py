@@ -113,9 +113,25 @@ def _check_algorithm_fits(algorithm: str, key: Any) -> None:
 
 def _read_text(path: str) -> str:
     try:
-        return sys.stdin.read() if path == "-" else Path(path).read_text()
+        return sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise CommandError(f"cannot read {path}: {exc.strerror}", EXIT_UNAVAILABLE) from None
+    except UnicodeDecodeError:
+        # PEM and JWKS are text; a DER key or another binary file lands here.
+        raise CommandError(f"{path} is not a text file (PEM or JSON expected)") from None
+
+
+def _write_file(path: str, data: bytes, *, private: bool = False) -> None:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o666)
+        with os.fdopen(fd, "wb") as file:
+            if private:
+                # The mode given to open() applies only to a new file: an existing one keeps
+                # its permissions (often 0644) unless changed here, before the key is written.
+                os.fchmod(file.fileno(), 0o600)
+            file.write(data)
+    except OSError as exc:
+        raise CommandError(f"cannot write {path}: {exc.strerror}", EXIT_UNAVAILABLE) from None
 
 
 def _load_private_key(path: str) -> Any:
@@ -311,6 +327,11 @@ def _parse_claim(item: str) -> tuple[str, Any]:
     return name, value
 
 
+def _check_asymmetric(algorithm: str) -> None:
+    if algorithm not in ASYMMETRIC_ALGORITHMS:
+        raise CommandError(f"--alg must be one of {', '.join(ASYMMETRIC_ALGORITHMS)}")
+
+
 def cmd_mint(args: argparse.Namespace, out: TextIO) -> int:
     if args.key and args.key_out:
         raise CommandError("--key-out saves a generated key; it cannot be used with --key")
@@ -319,6 +340,7 @@ def cmd_mint(args: argparse.Namespace, out: TextIO) -> int:
         algorithm = args.alg or algorithm_for_key(private_key)
     else:
         algorithm = args.alg or "ES256"
+        _check_asymmetric(algorithm)
         from .testing import generate_private_key
 
         private_key = generate_private_key(algorithm)
@@ -328,23 +350,20 @@ def cmd_mint(args: argparse.Namespace, out: TextIO) -> int:
                 serialization.PrivateFormat.PKCS8,
                 serialization.NoEncryption(),
             )
-            fd = os.open(args.key_out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "wb") as file:
-                file.write(pem)
+            _write_file(args.key_out, pem, private=True)
         else:
             print(
                 "note: signed with a key generated for this token only; "
                 "keep it with --key-out or publish it with --jwks-out",
                 file=sys.stderr,
             )
-    if algorithm not in ASYMMETRIC_ALGORITHMS:
-        raise CommandError(f"--alg must be one of {', '.join(ASYMMETRIC_ALGORITHMS)}")
+    _check_asymmetric(algorithm)
     _check_algorithm_fits(algorithm, private_key)
     jwk = _public_jwk(private_key.public_key(), algorithm)
     kid = args.kid or jwk["kid"]
     jwk["kid"] = kid
     if args.jwks_out:
-        Path(args.jwks_out).write_text(json.dumps({"keys": [jwk]}, indent=2) + "\n")
+        _write_file(args.jwks_out, (json.dumps({"keys": [jwk]}, indent=2) + "\n").encode())
 
     now = int(time.time())
     claims: dict[str, Any] = {

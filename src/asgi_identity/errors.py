@@ -95,20 +95,28 @@ def render_json(error: IdentityError) -> tuple[bytes, str]:
     return json.dumps(body, separators=(",", ":")).encode(), "application/json"
 
 
+def error_headers(error: IdentityError) -> list[tuple[str, str]]:
+    """The headers every refusal carries besides its body's: `cache-control: no-store`, a
+    `www-authenticate` challenge on a 401 (unless the error brings its own), then the error's
+    own headers. Framework integrations use it so their refusals match `send_error()`'s."""
+    headers = [("cache-control", "no-store")]
+    names = {name.lower() for name, _ in error.headers}
+    if error.status == 401 and "www-authenticate" not in names:
+        www = 'Bearer error="invalid_token"' if error.code != "missing_credentials" else "Bearer"
+        headers.append(("www-authenticate", www))
+    headers.extend((name.lower(), value) for name, value in error.headers)
+    return headers
+
+
 def _response_headers(
     error: IdentityError, body: bytes, content_type: str
 ) -> list[tuple[bytes, bytes]]:
     headers = [
         (b"content-type", content_type.encode("latin-1")),
         (b"content-length", str(len(body)).encode()),
-        (b"cache-control", b"no-store"),
     ]
-    names = {name.lower() for name, _ in error.headers}
-    if error.status == 401 and "www-authenticate" not in names:
-        www = 'Bearer error="invalid_token"' if error.code != "missing_credentials" else "Bearer"
-        headers.append((b"www-authenticate", www.encode()))
     headers.extend(
-        (name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in error.headers
+        (name.encode("latin-1"), value.encode("latin-1")) for name, value in error_headers(error)
     )
     return headers
 

@@ -19,7 +19,7 @@ except ImportError as exc:  # pragma: no cover - only without FastAPI installed
     ) from exc
 
 from . import telemetry
-from .errors import ErrorRenderer, IdentityError, render_json
+from .errors import ErrorRenderer, IdentityError, error_headers, render_json
 from .identity import Identity, require_identity
 
 __all__ = [
@@ -44,7 +44,7 @@ class IdentityHTTPException(HTTPException):
     """
 
     def __init__(self, error: IdentityError) -> None:
-        super().__init__(error.status, error.message, headers=dict(error.headers) or None)
+        super().__init__(error.status, error.message, headers=dict(error_headers(error)))
         self.error = error
 
 
@@ -128,9 +128,7 @@ def identity_error_handler(
         if not isinstance(exc, IdentityHTTPException):  # pragma: no cover - registered for it only
             raise exc
         body, content_type = render(exc.error)
-        headers = {"cache-control": "no-store", **dict(exc.error.headers)}
-        if exc.error.status == 401:
-            headers.setdefault("www-authenticate", "Bearer")
+        headers = dict(error_headers(exc.error))
         return Response(
             body, status_code=exc.error.status, media_type=content_type, headers=headers
         )
