@@ -78,6 +78,8 @@ REFUSED = [
     ("a" * 65 + "@acme.com", "local part is too long"),
     ("alice@" + "a" * 64 + ".com", "valid host name"),
     ("alice@" + ".".join(["a" * 60] * 5) + ".com", "too long"),
+    # 220 characters as typed, 276 once the domain is punycode: the kept address is what counts.
+    ("a" * 64 + "@" + ".".join(["bücherbücherbücher"] * 8) + ".com", "address is too long"),
 ]
 
 

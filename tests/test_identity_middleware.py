@@ -586,15 +586,19 @@ async def test_forwarded_values_cannot_smuggle_headers(issuer: LocalIssuer) -> N
 
 
 @pytest.mark.parametrize(
-    ("name", "code"),
+    ("name", "status", "code"),
     [
-        ("authorization", "invalid_request"),
-        ("x-api-key", "invalid_request"),
-        ("x-user-email", "invalid_request"),
-        ("x-user-group", "invalid_group"),
+        # A present but unusable credential is a 401, like any invalid one.
+        ("authorization", 401, "invalid_token"),
+        ("x-api-key", 401, "invalid_api_key"),
+        # A broken trusted backend, not a caller's credential.
+        ("x-user-email", 400, "invalid_request"),
+        ("x-user-group", 400, "invalid_group"),
     ],
 )
-async def test_over_long_credential_header_is_400_never_truncated(name: str, code: str) -> None:
+async def test_over_long_credential_header_is_refused_never_truncated(
+    name: str, status: int, code: str
+) -> None:
     app = Recorder()
     middleware = IdentityMiddleware(
         app, api_keys=[key_record(header_identity=True)], max_header_bytes=1024
@@ -602,7 +606,7 @@ async def test_over_long_credential_header_is_400_never_truncated(name: str, cod
     long_value = (name, "a" * 2000)
     headers = [long_value] if name == "x-api-key" else [("x-api-key", KEY), long_value]
     response = await call(middleware, headers)
-    assert (response.status, response.code) == (400, code)
+    assert (response.status, response.code) == (status, code)
     assert "a" * 100 not in response.message
     assert app.scope is None
 
@@ -652,6 +656,68 @@ async def test_cors_preflight_passes() -> None:
     middleware = IdentityMiddleware(app, api_keys=[key_record()])
     response = await call(middleware, [("access-control-request-method", "POST")], method="OPTIONS")
     assert response.status == 200
+
+
+# Identity assertions under renamed headers, a spoofed forwarded header, and a header the app owns.
+ASSERTIONS = [
+    ("x-forwarded-email", "ceo@acme.com"),
+    ("X-Tier", "admin"),
+    ("x_user_id", "admin"),
+    ("x-request-id", "r-1"),
+]
+
+
+@pytest.mark.parametrize(
+    ("credentials", "options"),
+    [
+        ([("x-api-key", KEY)], {"path": "/health"}),
+        ([("authorization", f"Bearer {KEY}")], {"path": "/health"}),
+        (
+            [("x-api-key", KEY), ("access-control-request-method", "POST")],
+            {"method": "OPTIONS"},
+        ),
+        ([("x-api-key", "sk-ai-unknown")], {"mode": "observe"}),
+        ([("x-api-key", KEY), ("x-api-key", OTHER_KEY)], {"mode": "observe"}),
+        ([("x-api-key", "k" * 9000)], {"mode": "observe"}),
+        ([("authorization", f"Bearer {KEY}x")], {"mode": "observe"}),
+    ],
+    ids=[
+        "excluded-path",
+        "excluded-path-bearer",
+        "cors-preflight",
+        "observe-unknown-key",
+        "observe-two-keys",
+        "observe-oversized-key",
+        "observe-unknown-bearer-key",
+    ],
+)
+async def test_requests_that_are_not_identified_lose_the_same_headers_as_any_other(
+    credentials: list[tuple[str, str]], options: dict[str, Any]
+) -> None:
+    app = Recorder()
+    mode = options.pop("mode", "enforce")
+    middleware = IdentityMiddleware(
+        app,
+        api_keys=[key_record()],
+        sanitize=True,
+        email_header="x-forwarded-email",
+        group_header="x-tier",
+        exclude_paths=["/health"],
+        mode=mode,
+    )
+    response = await call(middleware, [*credentials, *ASSERTIONS], **options)
+    assert response.status == 200
+    assert app.identity.source == "anonymous"
+    seen = app.header_names()
+    for dropped in ("x-forwarded-email", "x-tier", "x_user_id", "x-user-id", "x-api-key"):
+        assert dropped not in seen
+    assert app.header("x-request-id") == ["r-1"]
+    assert app.header("x-user-source") == ["anonymous"]
+    if options.get("path") == "/health" and credentials[0][0] == "authorization":
+        # Nothing is read on an excluded path, so nothing says this bearer value is a key.
+        assert app.header("authorization") == [f"Bearer {KEY}"]
+    else:
+        assert "authorization" not in seen
 
 
 # -- Starlette compatibility ----------------------------------------------------------------------

@@ -1,15 +1,21 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import socket
+import threading
+import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+import asgi_identity.jwks
 from asgi_identity.errors import IdentityError
-from asgi_identity.jwks import RemoteKeySet, key_from_jwk, keys_from_jwks
+from asgi_identity.jwks import RemoteKeySet, _FetchError, fetch_json, key_from_jwk, keys_from_jwks
 from asgi_identity.testing import JWKSServer, LocalIssuer, public_jwk
 from asgi_identity.tokens import JWTIssuer, TokenVerifier
 
@@ -27,6 +33,54 @@ def key_set(v: TokenVerifier) -> RemoteKeySet:
     (keys,) = v.key_sets
     assert isinstance(keys, RemoteKeySet)
     return keys
+
+
+class BrokenKeyServer:
+    """A loopback server answering every connection with raw bytes no HTTP library would send:
+    `reply` at once, then `trickle` one byte every `pause` seconds."""
+
+    def __init__(self, reply: bytes, trickle: bytes = b"", pause: float = 0.0) -> None:
+        self.reply, self.trickle, self.pause = reply, trickle, pause
+        self._stop = threading.Event()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        # Accept wakes up regularly, so close() never waits on a client that is not coming.
+        self._listener.settimeout(0.05)
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._listener.getsockname()[1]}/jwks.json"
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                connection, _ = self._listener.accept()
+            except (TimeoutError, OSError):
+                continue
+            with connection:
+                try:
+                    connection.recv(65536)
+                    connection.sendall(self.reply)
+                    for byte in self.trickle:
+                        if self._stop.wait(self.pause):
+                            break
+                        connection.sendall(bytes([byte]))
+                except OSError:
+                    pass  # the client gave up, which is what a deadline is for
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(GUARD)
+        self._listener.close()
+
+
+@pytest.fixture
+def broken_server() -> Iterator[list[BrokenKeyServer]]:
+    servers: list[BrokenKeyServer] = []
+    yield servers
+    for server in servers:
+        server.close()
 
 
 async def unavailable(v: TokenVerifier, token: str) -> IdentityError:
@@ -220,6 +274,41 @@ async def test_hostile_jwks_bodies_give_503_not_500(
     assert reason in (key_set(v).last_error or "")
 
 
+@pytest.mark.parametrize(
+    "reply",
+    [
+        b"HELLO\r\n\r\n",
+        b'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n100\r\n{"keys"',
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        b'HTTP/1.1 200 OK\r\nContent-Length: 500\r\n\r\n{"keys": [',
+    ],
+    ids=["garbage-status-line", "truncated-chunked-body", "bad-chunk-size", "short-body"],
+)
+async def test_malformed_http_from_the_key_server_gives_503_not_500(
+    issuer: LocalIssuer, broken_server: list[BrokenKeyServer], reply: bytes
+) -> None:
+    server = BrokenKeyServer(reply)
+    broken_server.append(server)
+    v = url_verifier(issuer, server.url)
+    await unavailable(v, issuer.mint())
+    assert "malformed HTTP response" in (key_set(v).last_error or "")
+
+
+def test_a_trickling_key_server_is_cut_at_the_deadline(
+    broken_server: list[BrokenKeyServer],
+) -> None:
+    # 40 bytes of body at one every 0.25 s: 10 s in all, against a 1 s deadline.
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+    server = BrokenKeyServer(head, trickle=b" " * 40, pause=0.25)
+    broken_server.append(server)
+    started = time.monotonic()
+    with pytest.raises(_FetchError, match="no complete answer within 1s"):
+        fetch_json(server.url, 1.0, 4096)
+    # A guard, not a measurement: each byte used to restart the socket timeout, so the worker
+    # thread was held for the whole 10 s trickle.
+    assert time.monotonic() - started < 5
+
+
 async def test_redirects_are_not_followed(issuer: LocalIssuer, jwks_server: JWKSServer) -> None:
     with LocalIssuer(issuer=issuer.issuer, algorithm="ES256").serve() as elsewhere:
         jwks_server.redirect_to = elsewhere.jwks_url
@@ -307,6 +396,52 @@ def test_remote_set_skips_unusable_keys_and_keeps_the_rest(issuer: LocalIssuer) 
     assert [key.kid for key in keys] == [issuer.signing_key.kid]
     with pytest.raises(ValueError, match="not a signing key"):
         keys_from_jwks(document, strict=True)
+
+
+async def test_a_key_with_a_non_string_alg_is_skipped_and_the_others_verify(
+    issuer: LocalIssuer, jwks_server: JWKSServer
+) -> None:
+    odd = {**issuer.signing_key.jwk, "kid": "odd", "alg": ["ES256"]}
+    jwks_server.body = json.dumps({"keys": [odd, issuer.signing_key.jwk]}).encode()
+    v = url_verifier(issuer, jwks_server.jwks_url)
+    assert (await v.verify(issuer.mint(sub="alice"))).user_id == "alice"
+
+
+@pytest.mark.parametrize("alg", [["ES256"], {"ES256": True}, 256])
+def test_an_inline_jwks_with_a_non_string_alg_is_refused_like_any_bad_key(
+    issuer: LocalIssuer, alg: object
+) -> None:
+    odd = {**issuer.signing_key.jwk, "kid": "odd", "alg": alg}
+    config = JWTIssuer(issuer=issuer.issuer, audience="gateway", jwks={"keys": [odd]})
+    with pytest.raises(ValueError, match=r"jwks: key 'odd' has an alg that is not a string"):
+        TokenVerifier([config])
+
+
+async def test_an_unforeseen_failure_while_refreshing_keeps_the_last_good_keys(
+    issuer: LocalIssuer,
+    jwks_server: JWKSServer,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    v = url_verifier(issuer, jwks_server.jwks_url, jwks_ttl=0.001, jwks_refresh_cooldown=0.001)
+    await v.startup()
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        # Stands in for a parser bug nobody foresaw; its text must not reach the logs.
+        raise RuntimeError("s3cret detail")
+
+    monkeypatch.setattr(asgi_identity.jwks, "keys_from_jwks", broken)
+    await asyncio.sleep(0.01)
+    keys = key_set(v)
+    assert (await v.verify(issuer.mint(sub="alice"))).user_id == "alice"
+    assert keys._task is not None
+    await asyncio.wait_for(keys._task, GUARD)
+    assert keys.last_error == "unexpected RuntimeError"
+    assert "keeping the last good keys" in caplog.text
+    assert "s3cret" not in caplog.text
+    assert (await v.verify(issuer.mint(sub="bob"))).user_id == "bob"
+    # With no keys ever loaded, the same failure is the usual 503, never a 500.
+    await unavailable(url_verifier(issuer, jwks_server.jwks_url), issuer.mint())
 
 
 @pytest.mark.parametrize(

@@ -156,8 +156,7 @@ class HeaderReader:
         self._cookie = token_cookie
         self._prefix = prefix
         self._max_bytes = max_bytes
-        # One dictionary lookup per header instead of a comparison with every name. Listed in
-        # reverse priority, so a name configured twice keeps the kind the comparisons gave it.
+        # One dictionary lookup per header instead of a comparison with every name.
         kinds: dict[bytes, int] = {}
         if token_cookie is not None and not b"cookie".startswith(prefix):
             kinds[b"cookie"] = _COOKIE
@@ -204,10 +203,10 @@ class HeaderReader:
             if kind in dropping:
                 found.dropped = True
             if kind == _TOKEN:
-                self._check_size(raw_name, value)
+                self._check_size(raw_name, value, "invalid_token")
                 found.tokens += (value,)
             elif kind == _API_KEY:
-                self._check_size(raw_name, value)
+                self._check_size(raw_name, value, "invalid_api_key")
                 found.api_keys += (value,)
             elif kind == _EMAIL:
                 # Their size is checked only if they are trusted (an address has its own limit).
@@ -218,6 +217,13 @@ class HeaderReader:
                 found.cookie_tokens += self._read_cookie(value)
         return found
 
+    def unread(self, headers: Iterable[tuple[bytes, bytes]]) -> Presented:
+        """A request whose credentials are not read (an excluded path, a preflight, a refused
+        request let through in observe mode): `kept()` still drops what it drops for any other."""
+        found = Presented(headers)
+        found.dropped = True
+        return found
+
     def kept(self, presented: Presented) -> Headers:
         """The headers the app may see: a new list, or the request's own when nothing is dropped."""
         headers = presented.headers
@@ -226,20 +232,13 @@ class HeaderReader:
         dropping = self._dropping
         return [(name, value) for name, value in headers if self._kind(name) not in dropping]
 
-    def without_forwarded(self, headers: Iterable[tuple[bytes, bytes]]) -> Headers:
-        """`headers` without any that carry the forwarding prefix (for requests not identified)."""
-        prefix = self._prefix
-        return [
-            (name, value)
-            for name, value in headers
-            if not (name.lower().replace(b"_", b"-")).startswith(prefix)
-        ]
-
-    def _check_size(self, name: bytes, value: bytes) -> None:
+    def _check_size(self, name: bytes, value: bytes, code: str) -> None:
+        # A present but unusable credential is a 401 like any invalid one; never echo it.
         if len(value) > self._max_bytes:
             raise IdentityError(
-                "invalid_request",
-                f"The {name.decode('latin-1')} header is longer than {self._max_bytes} bytes.",
+                code,
+                f"The {name.decode('latin-1')} header is too large "
+                f"(longer than {self._max_bytes} bytes).",
             )
 
     def _read_cookie(self, header: bytes) -> tuple[bytes, ...]:
@@ -253,8 +252,8 @@ class HeaderReader:
                     value = value[1:-1]
                 if len(value) > self._max_bytes:
                     raise IdentityError(
-                        "invalid_request",
-                        f"The token cookie is longer than {self._max_bytes} bytes.",
+                        "invalid_token",
+                        f"The token cookie is too large (longer than {self._max_bytes} bytes).",
                     )
                 found += (value,)
         return found

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 from ._asgi import Message, Scope, Send
 
@@ -36,15 +36,6 @@ def normalized_name(name: bytes) -> bytes:
     return name.lower().replace(b"_", b"-")
 
 
-def without_prefixed(headers: Iterable[tuple[bytes, bytes]], prefixes: Sequence[bytes]) -> Headers:
-    """Drop every header whose normalized name starts with one of `prefixes` (normalized)."""
-    return [
-        (key, value)
-        for key, value in headers
-        if not normalized_name(key).startswith(tuple(prefixes))
-    ]
-
-
 def with_response_headers(send: Send, extra: Sequence[tuple[bytes, bytes]]) -> Send:
     """Wrap `send` so `http.response.start` carries `extra`; bodies pass untouched."""
     if not extra:
@@ -56,11 +47,3 @@ def with_response_headers(send: Send, extra: Sequence[tuple[bytes, bytes]]) -> S
         await send(message)
 
     return send_with_headers
-
-
-def ascii_header_value(value: str) -> bytes:
-    """Encode a value for a header, refusing what could split or smuggle a header."""
-    data = value.encode("utf-8")
-    if any(byte < 0x20 or byte == 0x7F for byte in data):
-        raise ValueError("header value contains control characters")
-    return data

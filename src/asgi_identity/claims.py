@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Final, TypeAlias
 
-from .email import MAX_EMAIL_LENGTH, EmailAddress, parse_email
+from .email import EmailAddress, parse_email
 from .errors import IdentityError
 from .identity import Actor, Identity
 
@@ -146,11 +146,10 @@ def _actor(value: Any, depth: int = 1) -> Actor:
 def _email(raw: str) -> EmailAddress:
     parsed = _PARSED_EMAILS.get(raw)
     if parsed is None:
-        parsed = parse_email(raw)  # ValueError for a malformed address, which is never kept
-        if len(raw) <= MAX_EMAIL_LENGTH:
-            if len(_PARSED_EMAILS) >= _PARSED_EMAILS_SIZE:
-                _PARSED_EMAILS.clear()
-            _PARSED_EMAILS[raw] = parsed
+        parsed = parse_email(raw)  # ValueError for a malformed (or too long) address: not kept
+        if len(_PARSED_EMAILS) >= _PARSED_EMAILS_SIZE:
+            _PARSED_EMAILS.clear()
+        _PARSED_EMAILS[raw] = parsed
     return parsed
 
 

@@ -96,6 +96,7 @@ def parse_email(raw: Any) -> EmailAddress:
     """One plain address (`local@domain`), normalized; ValueError saying what is wrong."""
     if not isinstance(raw, str):
         raise ValueError("email address must be a string")
+    # Checked again after IDNA; this first check keeps the work on a huge input small.
     if len(raw) > MAX_EMAIL_LENGTH:
         raise ValueError("email address is too long")
     if raw.count("@") != 1:
@@ -107,7 +108,11 @@ def parse_email(raw: Any) -> EmailAddress:
         raise ValueError("email local part is empty or not a plain address")
     domain = normalize_domain(domain)
     local = local.lower()
-    return EmailAddress(f"{local}@{domain}", local, domain)
+    address = f"{local}@{domain}"
+    # IDNA makes a Unicode domain longer: the limit holds for the address as it is kept.
+    if len(address) > MAX_EMAIL_LENGTH:
+        raise ValueError("email address is too long")
+    return EmailAddress(address, local, domain)
 
 
 def normalize_domain_pattern(pattern: str) -> str:

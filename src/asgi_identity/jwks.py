@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.client
 import ipaddress
 import json
 import logging
@@ -168,6 +169,9 @@ def key_from_jwk(jwk: Any, allowed: frozenset[str] = ASYMMETRIC_ALGORITHMS) -> V
     if "d" in jwk:
         raise ValueError(f"key {kid!r} holds private key material: publish only public keys")
     declared = jwk.get("alg")
+    if declared is not None and not isinstance(declared, str):
+        # A list or object is unhashable: refuse it before the set lookup below.
+        raise ValueError(f"key {kid!r} has an alg that is not a string")
     if declared is not None and declared not in ASYMMETRIC_ALGORITHMS:
         raise ValueError(f"key {kid!r} has alg {declared!r}, which is not an asymmetric algorithm")
     kty = jwk.get("kty")
@@ -193,7 +197,11 @@ def keys_from_jwks(
     for jwk in document["keys"]:
         try:
             keys.append(key_from_jwk(jwk, allowed))
-        except ValueError as exc:
+        except Exception as exc:
+            # A key set may come from the network: whatever one key does wrong, even in a way
+            # key_from_jwk did not foresee, is that key's problem, not the whole set's.
+            if not isinstance(exc, ValueError):
+                exc = ValueError(f"a key cannot be loaded ({type(exc).__name__})")
             if strict:
                 raise ValueError(f"jwks: {exc}") from None
             # One odd key (an encryption key, a new algorithm) must not take the others down.
@@ -228,7 +236,6 @@ class KeySet:
             candidates = self._all
         # A token without a kid (or a key without one, as a PEM is) matches only when exactly
         # one key can verify its algorithm: never try several keys in turn.
-        candidates = tuple(candidates)
         fitting = [key for key in candidates if algorithm in key.algorithms]
         if len(fitting) == 1:
             return fitting[0]
@@ -278,12 +285,17 @@ def fetch_json(url: str, timeout: float, max_bytes: int) -> Any:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise _FetchError(f"no complete answer within {timeout:g}s")
-                chunk = response.read(min(_READ_CHUNK, max_bytes + 1 - len(body)))
+                # read1: one receive per call, so a server trickling bytes meets the deadline
+                # check between receives instead of holding the thread until `n` bytes arrive.
+                chunk = response.read1(min(_READ_CHUNK, max_bytes + 1 - len(body)))
                 if not chunk:
                     break
                 body += chunk
                 if len(body) > max_bytes:
                     raise _FetchError(f"body is over the {max_bytes} byte cap")
+            if length is not None and length.isdigit() and len(body) < int(length):
+                # read1 reports a body cut short as its end, where read() raised IncompleteRead.
+                raise _FetchError("sent a malformed HTTP response (body shorter than announced)")
     except urllib.error.HTTPError as exc:
         exc.close()  # it holds the connection open
         if 300 <= exc.code < 400:
@@ -291,6 +303,10 @@ def fetch_json(url: str, timeout: float, max_bytes: int) -> Any:
                 f"answered with a redirect ({exc.code}), which is not followed"
             ) from None
         raise _FetchError(f"answered with HTTP {exc.code}") from None
+    except http.client.HTTPException as exc:
+        # A garbage status line, a truncated chunked body: the type says enough, and the
+        # exception's text would repeat whatever the server sent.
+        raise _FetchError(f"sent a malformed HTTP response ({type(exc).__name__})") from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         if isinstance(reason, TimeoutError):
@@ -437,6 +453,19 @@ class RemoteKeySet(KeySet):
                     "asgi_identity: the key set at %s %s; %s",
                     _log_url(url),
                     exc,
+                    "keeping the last good keys" if self._all else "no keys loaded yet",
+                )
+                return
+            except Exception as exc:
+                # A backstop for what the fetch and parse did not foresee: the request that
+                # triggered the refresh must get the usual answer, and the last good keys stay.
+                # Only the exception's type is logged: its text could carry what the server sent.
+                self.last_error = f"unexpected {type(exc).__name__}"
+                telemetry.record_jwks_fetch("error", self._issuer, error=self.last_error)
+                logger.error(
+                    "asgi_identity: refreshing the key set at %s failed unexpectedly (%s); %s",
+                    _log_url(url),
+                    type(exc).__name__,
                     "keeping the last good keys" if self._all else "no keys loaded yet",
                 )
                 return

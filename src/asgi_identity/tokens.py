@@ -163,10 +163,21 @@ def _typ(value: str) -> str:
 class _Issuer:
     """One JWTIssuer, compiled: its keys, claim map and the claims its tokens must carry."""
 
-    __slots__ = ("audience", "claim_map", "config", "keys", "parties", "required", "typ")
+    __slots__ = (
+        "algorithms",
+        "audience",
+        "claim_map",
+        "config",
+        "keys",
+        "parties",
+        "required",
+        "typ",
+    )
 
     def __init__(self, config: JWTIssuer, keys: KeySet) -> None:
         self.config = config
+        # Once here, not a new frozenset per verification.
+        self.algorithms = config.allowed_algorithms
         self.keys = keys
         self.claim_map = resolve_claim_map(config.claims)
         self.parties = frozenset(config.authorized_parties) if config.authorized_parties else None
@@ -467,7 +478,7 @@ class TokenVerifier:
         config = issuer.config
         alg = header.get("alg")
         # A list or object as `alg` is unhashable: refuse it before any set lookup.
-        if not isinstance(alg, str) or alg not in config.allowed_algorithms:
+        if not isinstance(alg, str) or alg not in issuer.algorithms:
             raise _invalid(
                 "The access token's signing algorithm is not accepted.", f"alg={_summary(alg)}"
             )

@@ -301,12 +301,18 @@ async def test_non_ascii_credentials_are_401(gateway: Gateway, raw: bytes) -> No
 
 
 @pytest.mark.parametrize(
-    ("name", "size"),
-    [("authorization", 9000), ("x-api-key", 1024 * 1024), ("x-user-email", 64 * 1024)],
+    ("name", "size", "status", "code"),
+    [
+        ("authorization", 9000, 401, "invalid_token"),
+        ("x-api-key", 1024 * 1024, 401, "invalid_api_key"),
+        ("x-user-email", 64 * 1024, 400, "invalid_request"),
+    ],
 )
-async def test_oversized_credential_headers_are_400(gateway: Gateway, name: str, size: int) -> None:
+async def test_oversized_credential_headers_are_refused(
+    gateway: Gateway, name: str, size: int, status: int, code: str
+) -> None:
     # Refused by length before any parsing or hashing: a megabyte header costs a len().
-    await gateway.refused([(name, "A" * size)], 400, "invalid_request", client=INSIDE)
+    await gateway.refused([(name, "A" * size)], status, code, client=INSIDE)
 
 
 async def test_sanitize_keeps_api_keys_from_the_app(rsa_issuer: LocalIssuer) -> None:

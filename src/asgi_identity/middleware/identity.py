@@ -221,8 +221,9 @@ class IdentityMiddleware:
                 await self.app(scope, receive, send)
             return
 
+        presented: Presented | None = None
         if self._policy.skips(scope):
-            presented = self._strip_only(scope)
+            presented = self._reader.unread(scope["headers"])
             identity = self._anonymous
         else:
             try:
@@ -231,8 +232,10 @@ class IdentityMiddleware:
             except IdentityError as error:
                 if await self._policy.refuse(error, scope, receive, send):
                     return
-                # Observe mode: carry on as anonymous, still without any spoofable header.
-                presented = self._strip_only(scope)
+                # Observe mode: carry on as anonymous, still without any spoofable header nor
+                # (when sanitizing) any API key; read() may have been what refused.
+                if presented is None:
+                    presented = self._reader.unread(scope["headers"])
                 identity = self._anonymous
             else:
                 telemetry.on_identity(scope, identity)
@@ -280,10 +283,6 @@ class IdentityMiddleware:
             self._forward_cache.clear()
         self._forward_cache[id(identity)] = (identity, encoded)
         return encoded
-
-    def _strip_only(self, scope: Scope) -> Presented:
-        found = Presented(self._reader.without_forwarded(scope["headers"]))
-        return found
 
     def _without_key_bearer(self, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
         token_header = self._token_header
