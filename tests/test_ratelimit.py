@@ -507,3 +507,54 @@ async def test_a_bad_key_override_falls_back_to_each_requests_own_tier(backend: 
         identity = Identity(source="api_key", client_id=record.id, group=group, api_key=record)
         codes = await statuses(as_identity(limiter, identity), 5)
         assert codes == [200] * admitted + [429] * (5 - admitted)
+
+
+async def test_moving_window_memory_is_freed_for_identities_gone_quiet() -> None:
+    """20,000 people call once: after their window, the sweep keeps nothing of any of them."""
+    limiter = UserRateLimit(llm_app(), limits="5/second", strategy="moving-window")
+    memory = limiter._memory  # what is kept in memory is only visible on the storage itself
+    assert memory is not None
+
+    async def send(message: Message) -> None:
+        pass
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b""}
+
+    def scope(user: str) -> Scope:
+        identity = Identity(source="jwt", user_id=user, issuer="https://issuer.test")
+        return {"type": "http", "method": "GET", "path": "/", "headers": [], "identity": identity}
+
+    for number in range(20_000):
+        await limiter(scope(f"user-{number}"), receive, send)
+    assert len(memory.events) == 20_000
+    await asyncio.sleep(1.1)  # every window is over
+    memory._next_sweep = memory._next_sweep_at = 0  # sweep now, not in up to 5 s
+    await limiter(scope("someone-new"), receive, send)
+    assert len(memory.events) == 1  # the newcomer's own
+    assert len(memory.locks) <= 1
+
+
+def test_a_new_identity_object_for_the_same_person_reuses_the_plan() -> None:
+    """Header identities are built anew on every request; the same person still hits the cache,
+    and anything the limits depend on (tier, key record) still gets a plan of its own."""
+    limiter = UserRateLimit(llm_app(), limits="10/second;1000/day", tokens="100000/day")
+
+    def bob(**extra: Any) -> Identity:
+        return Identity(
+            source="header",
+            user_id="bob@acme.com",
+            email="bob@acme.com",
+            domain="acme.com",
+            **extra,
+        )
+
+    scope: Scope = {"type": "http", "headers": []}
+    plan = limiter._plan(bob(), scope)
+    assert limiter._plan(bob(), scope) is plan
+    assert limiter._plan(bob(group="pro"), scope) is not plan
+    key = APIKey(id="k1", sha256=hash_api_key("secret"), rate_limit="1/second")
+    with_key = limiter._plan(bob(api_key=key), scope)
+    assert with_key is not plan
+    assert with_key.requests is not None
+    assert with_key.requests[0].amount == 1

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import coredis
 import httpx
 import pytest
 
@@ -22,6 +23,7 @@ from _ratelimit_support import (
     identify,
     llm_app,
     own_redis_server,
+    redis_client,
     unique_prefix,
     until,
     wait_for_port,
@@ -263,3 +265,53 @@ async def test_lifespan_shutdown_closes_the_redis_connections(prefix: str) -> No
 
     await asyncio.wait_for(limited({"type": "lifespan", "state": {}}, receive, send), 10)  # type: ignore[arg-type]
     assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+
+
+async def test_failing_open_while_reserving_tokens_still_hands_the_app_its_body(
+    prefix: str,
+) -> None:
+    """The body is read to estimate the tokens before Redis is asked; when Redis is down and
+    the request goes on, the app must still get that body (it would wait for it for good)."""
+    limited = limiter(
+        prefix, CLOSED_PORT_URI, limits=None, tokens="100000/day", on_storage_error="open"
+    )
+    async with client(identify(limited), headers={"x-test-user": "alice"}) as http:
+        response = await asyncio.wait_for(
+            http.post("/v1/chat/completions", json={"max_tokens": 5, "x_completion": 7}), 10
+        )
+    assert response.status_code == 200
+    assert response.json()["usage"]["completion_tokens"] == 7  # the app read the body
+    assert "ratelimit" not in response.headers
+    assert limited.storage_errors >= 1
+
+
+async def test_a_timeout_between_incrby_and_expire_does_not_limit_the_user_for_good(
+    prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """limits counts on Redis with INCRBY, then EXPIRE for a new key. A storage timeout that
+    falls between the two must not cancel the EXPIRE: a counter without one never resets."""
+    # The one fake here: Redis made slow for the EXPIRE only, which no real setup can aim at.
+    expire = coredis.Redis.expire
+    finished = asyncio.Event()
+
+    async def slow_expire(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            await asyncio.sleep(0.3)
+            return await expire(self, *args, **kwargs)
+        finally:
+            finished.set()
+
+    limited = limiter(prefix, REDIS_URI, limits="5/second", storage_timeout=0.1, storage_cooldown=0)
+    async with client(identify(limited), headers={"x-test-user": "alice"}) as http:
+        monkeypatch.setattr(coredis.Redis, "expire", slow_expire)
+        assert (await http.get("/")).status_code == 200  # timed out: failed open
+        assert limited.storage_errors == 1
+        await asyncio.wait_for(finished.wait(), 10)
+        monkeypatch.setattr(coredis.Redis, "expire", expire)
+        async with redis_client() as redis:
+            keys = [key async for key in redis.scan_iter(match=f"*{prefix}*")]
+            assert keys
+            assert all([await redis.ttl(key) > 0 for key in keys])
+        assert [(await http.get("/")).status_code for _ in range(5)][-1] == 429
+        await asyncio.sleep(1.1)  # the second is over
+        assert (await http.get("/")).status_code == 200

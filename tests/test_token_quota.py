@@ -8,6 +8,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
 
 from _ratelimit_support import (
     REDIS_URI,
@@ -21,7 +25,7 @@ from _ratelimit_support import (
 )
 from asgi_identity._asgi import Message, Receive, Scope, Send
 from asgi_identity.identity import Identity
-from asgi_identity.middleware.ratelimit import UserRateLimit
+from asgi_identity.middleware.ratelimit import UserRateLimit, get_rate_limiter
 
 Backend = tuple[str, str]
 ALICE = Identity(source="jwt", user_id="alice", issuer="https://issuer.test")
@@ -358,3 +362,49 @@ async def test_only_json_object_bodies_are_metered(backend: Backend) -> None:
     # A body that opens an object but is malformed is still a call to meter.
     assert (await _post_raw(limiter, b'{"model": "m",', "application/json")).status_code == 429
     assert await tokens_used(limiter) == 0
+
+
+async def test_a_refund_after_the_window_ended_does_not_feed_the_next_window(
+    backend: Backend,
+) -> None:
+    """A call reserved in the last second of a window and refunded after it ended gives the
+    next window nothing: a user cannot get twice their quota by timing failed calls."""
+    app = llm_app()
+    app.state.gate = gate = asyncio.Event()
+    app.state.arrived = 0
+    limiter = quota(backend, app, tokens="1000/2second")
+    loop = asyncio.get_running_loop()
+    async with client(identify(limiter), headers={"x-test-user": "alice"}) as http:
+        start = loop.time()
+        await limiter.report_usage(ALICE, input_tokens=10)  # the window begins here
+        await asyncio.sleep(start + 1.5 - loop.time())  # half a second left in it
+        failing = asyncio.ensure_future(
+            http.post("/v1/chat/completions", json={"max_tokens": 900, "x_status": 502})
+        )
+        await until(lambda: app.state.arrived == 1)  # its 900 tokens are set aside
+        await asyncio.sleep(start + 2.4 - loop.time())  # the window is over
+        gate.set()
+        assert (await asyncio.wait_for(failing, 10)).status_code == 502
+        assert await tokens_used(limiter) == 0  # the refund went nowhere
+        response = await http.post(
+            "/v1/chat/completions", json={"max_tokens": 50, "x_prompt": 10, "x_completion": 20}
+        )
+    assert response.status_code == 200
+    assert await tokens_used(limiter) == 30
+
+
+async def test_usage_reported_several_times_in_one_request_adds_up(backend: Backend) -> None:
+    """An agent that makes three LLM calls in one request reports each: all three are charged."""
+
+    async def agent(request: Request) -> Response:
+        await request.body()
+        limiter = get_rate_limiter(request)
+        for _ in range(3):
+            await limiter.report_usage(request, input_tokens=100, output_tokens=20)
+        return PlainTextResponse("done")
+
+    app = Starlette(routes=[Route("/v1/chat/completions", agent, methods=["POST"])])
+    limiter = quota(backend, app, tokens="100000/day")
+    response = await complete(identify(limiter), max_tokens=10)
+    assert response.text == "done"
+    assert await tokens_used(limiter) == 360

@@ -157,6 +157,17 @@ def test_a_json_body_larger_than_the_tail_still_yields_its_usage() -> None:
     assert reader.result() == TokenUsage(11, 22)
 
 
+@pytest.mark.parametrize("padding", [0, 1, 255, 256, 257, 511, 512, 513, 5000])
+def test_a_body_fed_in_small_chunks_keeps_a_bounded_tail_and_its_usage(padding: int) -> None:
+    body = dict(OPENAI_CHAT, choices=[{"message": {"content": "x" * padding}}])
+    raw = json.dumps(body).encode()
+    reader = JSONUsageReader(tail=256)
+    for start in range(0, len(raw), 7):
+        reader.feed(raw[start : start + 7])
+        assert len(reader._data) <= 2 * 256 + 7
+    assert reader.result() == TokenUsage(11, 22)
+
+
 def test_a_usage_key_inside_the_content_does_not_fool_the_tail_search() -> None:
     body = {
         "choices": [{"message": {"content": 'say "usage": {"prompt_tokens": 999}' + "y" * 10_000}}],

@@ -229,17 +229,6 @@ def body_output_cap(body: bytes) -> tuple[bool, int | None]:
     return True, None
 
 
-def requested_output_cap(body: Any) -> int | None:
-    """The output-token cap a request body asks for, None when it names none (or a bad one)."""
-    if not isinstance(body, Mapping):
-        return None
-    for field in _OUTPUT_CAPS:
-        value = body.get(field)
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value
-    return None
-
-
 # How often, at most, expired counters are swept out of memory (a counter read after its window is
 # dropped on the spot; the sweep only frees the ones nobody asks about again).
 _SWEEP_EVERY = 5.0
@@ -267,6 +256,11 @@ class SweptMemoryStorage(InProcessStorage):
             self._next_sweep = now + _SWEEP_EVERY
             self._next_sweep_at = time.time() + _SWEEP_EVERY
             self._MemoryStorage__expire_events()  # type: ignore[attr-defined]
+            # limits' sweep empties the moving window's event lists but keeps them: one per
+            # identity ever seen would stay in memory for good.
+            events = self.events
+            for key in [key for key, entries in events.items() if not entries]:
+                del events[key]
 
     def count(self, key: str, expiry: int, amount: int, now: float) -> tuple[int, float]:
         """`incr(key, expiry, amount)` and then `get_expiry(key)`, in one step at time `now`.

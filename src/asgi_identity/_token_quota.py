@@ -6,6 +6,7 @@ adding a (possibly negative) correction to a counter, which only a plain counter
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple
@@ -27,7 +28,6 @@ class Reservation:
         "estimate",
         "identity",
         "keys",
-        "parts",
         "reported",
         "resets",
         "settled",
@@ -37,12 +37,10 @@ class Reservation:
     def __init__(
         self,
         identity: Identity,
-        parts: tuple[str, ...],
         windows: tuple[Window, ...],
         keys: tuple[str, ...],
     ) -> None:
         self.identity = identity
-        self.parts = parts
         self.windows = windows
         self.keys = keys  # the counter of each window (TokenLedger.key)
         self.estimate = 0
@@ -63,6 +61,20 @@ class TokenRefusal(NamedTuple):
         return self.left <= 0
 
 
+def _pttl_reader(storage: Storage) -> Callable[[str], Awaitable[int]] | None:
+    """PTTL of a counter on limits' Redis storages (redis-py, coredis, valkey); None elsewhere."""
+    bridge: Any = getattr(storage, "bridge", None)
+    connection = getattr(bridge, "get_connection", None)
+    if connection is None or not hasattr(bridge, "prefixed_key"):
+        return None
+
+    def pttl(key: str) -> Awaitable[int]:
+        result: Awaitable[int] = connection().pttl(bridge.prefixed_key(key))
+        return result
+
+    return pttl
+
+
 class TokenLedger:
     """Token counters on a `limits` storage, every call bounded by `call`.
 
@@ -70,7 +82,7 @@ class TokenLedger:
     updated without awaiting anything.
     """
 
-    __slots__ = ("_call", "_memory", "key_prefix", "storage")
+    __slots__ = ("_call", "_memory", "_pttl", "key_prefix", "storage")
 
     def __init__(
         self,
@@ -83,6 +95,7 @@ class TokenLedger:
         self._call = call
         self.key_prefix = key_prefix
         self._memory = memory
+        self._pttl = _pttl_reader(storage)
 
     def key(self, parts: tuple[str, ...], window: Window) -> str:
         return "/".join((self.key_prefix, "tokens", *parts, str(window.seconds)))
@@ -93,9 +106,32 @@ class TokenLedger:
         value: int = await self._call(self.storage.incr(key, window.seconds, amount=amount))
         return value
 
-    async def _expiry(self, key: str) -> float:
+    async def _take_back(self, key: str, window: Window, amount: int) -> None:
+        """Subtract `amount` from a counter on the storage, without ever starting one.
+
+        A counter that is gone belongs to a window that is over; subtracting from it would start
+        the next window in debt, handing its owner extra tokens. The storage creates the key and
+        reports exactly the amount added when that happens: it is added back at once.
+        """
+        value = await self._incr(key, window, -amount)
+        if value == -amount:
+            await self._incr(key, window, amount)
+
+    async def _expiry(self, key: str) -> float | None:
+        """When the counter at `key` ends; None when it has no expiry yet.
+
+        limits creates a Redis counter and sets its expiry in two commands, so a request landing
+        between them finds no TTL: that window has just begun. `get_expiry()` reads that as "ends
+        now", as it does a TTL rounded down to 0, so on limits' Redis storages the TTL is read in
+        milliseconds, which tells the two apart.
+        """
         if self._memory is not None:
             return self._memory.get_expiry(key)
+        if self._pttl is not None:
+            milliseconds: int = await self._call(self._pttl(key))
+            if milliseconds == -1:
+                return None
+            return time.time() + max(0, milliseconds) / 1000
         reset: float = await self._call(self.storage.get_expiry(key))
         return reset
 
@@ -110,24 +146,34 @@ class TokenLedger:
             return self._reserve_in_memory(self._memory, reservation, estimate, states)
         now = time.time()
         charged: list[tuple[str, Window]] = []
-        for window, key in zip(reservation.windows, reservation.keys, strict=True):
-            used = await self._incr(key, window, estimate)
-            charged.append((key, window))
-            reset = await self._expiry(key)
-            if reset - now < 1.0:
-                # limits creates a Redis counter and sets its expiry in two commands: a request that
-                # lands between them finds no TTL yet (read as "ends now"; TTLs are whole seconds).
-                # The window has just begun; without this its settlement would take the window for
-                # over and keep the whole estimate.
-                reset = now + window.seconds
-            retry = seconds_until(reset, now)
-            if used > window.amount:
-                # Put back what this request set aside everywhere: it is not admitted.
-                for undo_key, undo_window in charged:
-                    await self._incr(undo_key, undo_window, -estimate)
-                return self._refused(reservation, window, estimate, used, retry, now, states)
-            reservation.resets.append(reset)
-            states.append((window, window.amount - used, retry))
+        try:
+            for window, key in zip(reservation.windows, reservation.keys, strict=True):
+                used = await self._incr(key, window, estimate)
+                charged.append((key, window))
+                reset = await self._expiry(key)
+                if reset is None or (used == estimate and reset - now < 1.0):
+                    # The window has just begun: the counter has no expiry yet, or this request
+                    # started it (whatever a TTL rounded to whole seconds says). Only then: a
+                    # counter found with less than a second left may really end now, and taking
+                    # it for a whole window would send the refund into the next one.
+                    reset = now + window.seconds
+                retry = seconds_until(reset, now)
+                if used > window.amount:
+                    # Put back what this request set aside everywhere: it is not admitted.
+                    # (Taken off the list first: should a put-back fail, none is done twice.)
+                    undo, charged = charged, []
+                    for undo_key, undo_window in undo:
+                        await self._take_back(undo_key, undo_window, estimate)
+                    return self._refused(reservation, window, estimate, used, retry, now, states)
+                reservation.resets.append(reset)
+                states.append((window, window.amount - used, retry))
+        except Exception:
+            # The storage failed half-way: the request goes on (or is refused) without a
+            # reservation, so nothing may stay set aside in the windows already charged.
+            for undo_key, undo_window in charged:
+                with contextlib.suppress(Exception):
+                    await self._take_back(undo_key, undo_window, estimate)
+            raise
         reservation.estimate = estimate
         return None
 
@@ -143,9 +189,8 @@ class TokenLedger:
         resets = reservation.resets
         windows, keys = reservation.windows, reservation.keys
         for index, window in enumerate(windows):
+            # The exact moment the counter ends: a refund is sent to this window only before it.
             used, reset = memory.count(keys[index], window.seconds, estimate, now)
-            if reset - now < 1.0:
-                reset = now + window.seconds  # as reserve() does
             retry = seconds_until(reset, now)
             if used > window.amount:
                 for undo in range(index + 1):
@@ -185,9 +230,10 @@ class TokenLedger:
         for window, key, reset in zip(
             reservation.windows, reservation.keys, reservation.resets, strict=True
         ):
-            if delta < 0 and now >= reset:
-                continue  # the window the reservation was made in is over; it left with it
-            await self._incr(key, window, delta)
+            if delta > 0:
+                await self._incr(key, window, delta)
+            elif now < reset:  # after it, the window the reservation was made in left with it
+                await self._take_back(key, window, -delta)
 
     @staticmethod
     def settle_in_memory(memory: SweptMemoryStorage, reservation: Reservation, charge: int) -> None:
@@ -196,11 +242,14 @@ class TokenLedger:
         if delta == 0:
             return
         now = time.time()
+        expirations = memory.expirations
         for window, key, reset in zip(
             reservation.windows, reservation.keys, reservation.resets, strict=True
         ):
-            if delta < 0 and now >= reset:
-                continue  # the window the reservation was made in is over; it left with it
+            # A refund after the reservation's window is over left with it; sent on, it would
+            # start the next window in debt.
+            if delta < 0 and (now >= reset or expirations.get(key, 0) <= now):
+                continue
             memory.count(key, window.seconds, delta, now)
 
     async def charge(
@@ -217,7 +266,7 @@ class TokenLedger:
         else:
             used = max(0, int(await self._call(self.storage.get(key))))
         reset = await self._expiry(key) if used else time.time()
-        return used, reset
+        return used, time.time() + window.seconds if reset is None else reset
 
 
 class UsageMeter:

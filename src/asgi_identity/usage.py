@@ -184,29 +184,31 @@ def _top_level_usage(data: bytes) -> TokenUsage | None:
 class JSONUsageReader:
     """Reads `usage` from a JSON response body fed chunk by chunk, keeping at most `tail` bytes."""
 
-    __slots__ = ("_chunks", "_size", "_tail", "_truncated")
+    __slots__ = ("_data", "_tail", "_truncated")
 
     def __init__(self, tail: int = DEFAULT_JSON_TAIL) -> None:
         self._tail = tail
-        self._chunks: list[bytes] = []
-        self._size = 0
+        self._data = bytearray()
         self._truncated = False
 
     def feed(self, chunk: bytes) -> None:
-        if not chunk:
-            return
-        self._chunks.append(chunk)
-        self._size += len(chunk)
-        if self._size > self._tail:
-            data = b"".join(self._chunks)[-self._tail :]
-            self._chunks = [data]
-            self._size = len(data)
+        data = self._data
+        data += chunk
+        # Trimmed only once twice the tail has built up, so a long body of small chunks does not
+        # copy the whole tail on every one of them.
+        if len(data) > 2 * self._tail:
+            del data[: -self._tail]
             self._truncated = True
 
     def result(self) -> TokenUsage | None:
-        chunks = self._chunks
-        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        if not self._truncated:
+        kept = self._data
+        if len(kept) > self._tail:
+            data = bytes(kept[-self._tail :])
+            truncated = True
+        else:
+            data = bytes(kept)
+            truncated = self._truncated
+        if not truncated:
             # Most bodies end with their usage: read that much before parsing the whole body.
             found = _top_level_usage(data)
             if found is not None:

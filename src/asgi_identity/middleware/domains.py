@@ -124,13 +124,17 @@ class DomainAllowlist:
             return None
         if identity.email is None:
             return self._no_email
-        domain = self._domain_of(identity.email)
-        if isinstance(domain, _Malformed):
-            return IdentityError(
-                "domain_not_allowed",
-                DOMAIN_NOT_ALLOWED_MESSAGE,
-                detail=f"malformed email: {domain}",
-            )
+        # IdentityMiddleware has already parsed and normalized the address; only an identity the
+        # app built itself may come without its domain.
+        domain = identity.domain
+        if domain is None:
+            domain = self._domain_of(identity.email)
+            if isinstance(domain, _Malformed):
+                return IdentityError(
+                    "domain_not_allowed",
+                    DOMAIN_NOT_ALLOWED_MESSAGE,
+                    detail=f"malformed email: {domain}",
+                )
         if domain_listed(domain, allowed):
             return None
         return IdentityError(

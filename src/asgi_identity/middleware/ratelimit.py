@@ -39,6 +39,7 @@ from .._ratelimit import (
     seconds_until,
 )
 from .._token_quota import Reservation, TokenLedger, TokenRefusal, UsageMeter
+from ..apikeys import APIKey
 from ..errors import ErrorRenderer, IdentityError
 from ..identity import Identity, require_identity
 from ..usage import TokenUsage
@@ -96,7 +97,6 @@ class _Plan(NamedTuple):
 
     requests: Windows
     tokens: Windows
-    parts: tuple[str, ...]
     request_ids: str  # the identifier limits' strategies key the request windows by
     request_keys: tuple[str, ...]  # the fixed-window counters, one per request window
     token_keys: tuple[str, ...]  # the token counters, one per token window
@@ -234,7 +234,7 @@ class UserRateLimit:
         self.storage_errors = 0
         self._tokens_ledger = TokenLedger(self.storage, self._call, key_prefix, self._memory)
         self._policies: dict[tuple[Window, ...], bytes] = {}
-        self._plans: dict[int, tuple[Identity, _Plan]] = {}
+        self._plans: dict[tuple[Any, ...], tuple[APIKey | None, _Plan]] = {}
         self._refuse_anonymous = IdentityError(
             "missing_credentials",
             "Anonymous requests are not accepted: send a bearer token or an API key.",
@@ -242,6 +242,7 @@ class UserRateLimit:
         )
         self._down_until = 0.0
         self._settling: set[asyncio.Task[None]] = set()
+        self._storage_calls: set[asyncio.Future[Any]] = set()
         self._retry_unavailable = str(max(1, round(self.storage_cooldown)))
 
     # -- configuration lookups ---------------------------------------------------------------
@@ -282,13 +283,23 @@ class UserRateLimit:
         return bucket_key(identity, address) or (identity.source, "unknown")
 
     def _plan(self, identity: Identity, scope: Scope) -> _Plan:
-        # The same Identity object comes back for a repeated token or key (the verifier's cache),
-        # so its keys are joined and escaped once. Anonymous buckets depend on the address.
+        # Keyed by what the plan depends on, not by the Identity object: header identities are
+        # new objects on every request. Anonymous buckets depend on the address.
         anonymous = identity.source == "anonymous"
         if not anonymous:
-            hit = self._plans.get(id(identity))
-            # The entry holds the identity itself, so its id cannot be reused while cached.
-            if hit is not None and hit[0] is identity:
+            api_key = identity.api_key
+            cache_key = (
+                identity.source,
+                identity.issuer,
+                identity.user_id,
+                identity.email,
+                identity.client_id,
+                identity.group,
+                id(api_key),
+            )
+            hit = self._plans.get(cache_key)
+            # The entry holds the key record itself, so its id cannot be reused while cached.
+            if hit is not None and hit[0] is api_key:
                 return hit[1]
         requests, tokens = self.limits_for(identity)
         parts = self._parts(identity, scope)
@@ -298,7 +309,6 @@ class UserRateLimit:
         plan = _Plan(
             requests,
             tokens,
-            parts,
             ids,
             tuple(window.storage_key(ids) for window in requests or ()),
             tuple(ledger.key(parts, window) for window in tokens or ()),
@@ -308,7 +318,7 @@ class UserRateLimit:
         if not anonymous:
             if len(self._plans) >= _PLAN_CACHE_SIZE:
                 self._plans.clear()
-            self._plans[id(identity)] = (identity, plan)
+            self._plans[cache_key] = (api_key, plan)
         return plan
 
     def _meters_tokens(self, scope: Scope) -> bool:
@@ -336,8 +346,14 @@ class UserRateLimit:
         return self._bounded(call)
 
     async def _bounded(self, call: Awaitable[T]) -> T:
+        # limits' Redis counter is two commands (INCRBY, then EXPIRE for a new key): cancelled
+        # between them, it would be left with no expiry and its owner limited for good. The
+        # timeout stops the wait; the call itself runs to its end in its own task.
+        task = asyncio.ensure_future(call)
+        self._storage_calls.add(task)
+        task.add_done_callback(self._storage_call_done)
         try:
-            return await _within(call, self.storage_timeout)
+            return await _within(asyncio.shield(task), self.storage_timeout)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -351,6 +367,13 @@ class UserRateLimit:
                 self.storage_cooldown,
             )
             raise RateLimitUnavailable(reason) from None
+
+    def _storage_call_done(self, task: asyncio.Future[Any]) -> None:
+        self._storage_calls.discard(task)
+        if not task.cancelled():
+            # Retrieved, so a call that failed after its caller gave up is not reported as an
+            # exception nobody looked at (the caller already logged the storage as unavailable).
+            task.exception()
 
     # -- the request path ----------------------------------------------------------------------
 
@@ -390,11 +413,16 @@ class UserRateLimit:
                     return
             if meters_tokens:
                 assert tokens is not None
-                receive, reservation, refusal = await self._reserve_tokens(
-                    scope, receive, identity, plan, tokens, states
-                )
-                if refusal is not None and await self.policy.refuse(refusal, scope, receive, send):
-                    return
+                # The body is read before the ledger is asked, and the app is given the receive
+                # that replays it whatever the ledger does: failing open must not lose the body.
+                receive, estimate = await self._estimate_tokens(scope, receive)
+                if estimate is not None:
+                    reservation = Reservation(identity, tokens, plan.token_keys)
+                    short = await self._tokens_ledger.reserve(reservation, estimate, states)
+                    if short is not None and await self.policy.refuse(
+                        self._token_error(short, states), scope, receive, send
+                    ):
+                        return
         except RateLimitUnavailable:
             if self.on_storage_error == "closed":
                 error = IdentityError(
@@ -503,34 +531,22 @@ class UserRateLimit:
             headers.append(("RateLimit", ratelimit_header(states).decode()))
         return headers
 
-    async def _reserve_tokens(
-        self,
-        scope: Scope,
-        receive: Receive,
-        identity: Identity,
-        plan: _Plan,
-        windows: tuple[Window, ...],
-        states: list[tuple[Window, int, int]],
-    ) -> tuple[Receive, Reservation | None, IdentityError | None]:
+    async def _estimate_tokens(self, scope: Scope, receive: Receive) -> tuple[Receive, int | None]:
+        """(a receive replaying the body, the tokens to reserve; None for no LLM call)."""
         body, size, replay = await peek_body(receive, self.max_body)
         if body is not None:
             is_object, cap = body_output_cap(body)
             if not is_object:
-                return replay, None, None  # not an LLM call: nothing to reserve or settle
+                return replay, None  # not an LLM call: nothing to reserve or settle
         elif size <= self.max_body:
-            return replay, None, None  # the client left before sending the whole body
+            return replay, None  # the client left before sending the whole body
         else:
             # Too large to read is not "not an LLM call": padding a prompt past max_body must
             # not make it free. Reserve the default and settle from the response as usual.
             cap = None
             size = max(size, content_length(scope))
-        reservation = Reservation(identity, plan.parts, windows, plan.token_keys)
         # The input at about four bytes a token, plus what the output may reach.
-        estimate = (cap or self.default_max_tokens) + size // 4
-        refusal = await self._tokens_ledger.reserve(reservation, estimate, states)
-        if refusal is None:
-            return replay, reservation, None
-        return replay, reservation, self._token_error(refusal, states)
+        return replay, (cap or self.default_max_tokens) + size // 4
 
     def _token_error(
         self, refusal: TokenRefusal, states: list[tuple[Window, int, int]]
@@ -608,6 +624,11 @@ class UserRateLimit:
         """Finish pending settlements and close the storage's connections (done at shutdown)."""
         if self._settling:
             await asyncio.gather(*self._settling, return_exceptions=True)
+        if self._storage_calls:
+            # Calls their callers gave up on get one more timeout to finish, then are dropped.
+            _, late = await asyncio.wait(self._storage_calls, timeout=self.storage_timeout)
+            for task in late:
+                task.cancel()
         client = getattr(getattr(self.storage, "bridge", None), "storage", None)
         pool = getattr(client, "connection_pool", None)
         if pool is not None:
@@ -637,6 +658,13 @@ class UserRateLimit:
                 raise TypeError("report_usage() takes a request, an ASGI scope or an Identity")
             reservation = (scope.get("state") or {}).get(_RESERVATION_KEY)
             if isinstance(reservation, Reservation) and not reservation.settled:
+                # Reports add up: an agent making several LLM calls in one request reports each.
+                earlier = reservation.reported
+                if earlier is not None:
+                    used = TokenUsage(
+                        earlier.input_tokens + used.input_tokens,
+                        earlier.output_tokens + used.output_tokens,
+                    )
                 reservation.reported = used
                 return
             identity = require_identity(scope, "report_usage()")
