@@ -299,22 +299,6 @@ async def test_without_identity_middleware_the_error_says_how_to_order_the_layer
             await http.post("/v1/chat", headers={"x-conversation-id": "c-1"})
 
 
-async def test_lifespan_passes_through() -> None:
-    seen: list[str] = []
-
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        seen.append(scope["type"])
-
-    async def receive() -> Message:
-        return {"type": "lifespan.startup"}
-
-    async def send(message: Message) -> None:
-        raise AssertionError("nothing should be sent")
-
-    await ConversationTagger(app)({"type": "lifespan"}, receive, send)
-    assert seen == ["lifespan"]
-
-
 @pytest.mark.parametrize(
     ("options", "message"),
     [

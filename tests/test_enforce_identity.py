@@ -132,24 +132,6 @@ async def test_without_identity_middleware_the_error_says_how_to_order_the_layer
             await http.get("/v1/chat")
 
 
-async def test_lifespan_and_unknown_scopes_pass_through_untouched() -> None:
-    seen: list[str] = []
-
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        seen.append(scope["type"])
-
-    async def receive() -> Message:
-        return {"type": "lifespan.startup"}
-
-    async def send(message: Message) -> None:
-        raise AssertionError("nothing should be sent")
-
-    layer = EnforceIdentity(app)
-    await layer({"type": "lifespan"}, receive, send)
-    await layer({"type": "custom"}, receive, send)
-    assert seen == ["lifespan", "custom"]
-
-
 async def test_excluded_paths_and_cors_preflight_pass_without_a_person() -> None:
     record = key()
     app = with_identity(EnforceIdentity(APP, exclude_paths=["/health"]), key_only(record))

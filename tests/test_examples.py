@@ -14,7 +14,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -23,7 +22,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from examples.fastapi.app import create_app as create_fastapi_app
 from examples.gateway.settings import Settings
 from examples.litestar.app import create_app as create_litestar_app
@@ -32,6 +30,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
+from _servers import serve
 from asgi_identity import APIKey, generate_api_key
 from asgi_identity.testing import JWKSServer, LocalIssuer
 from otlp_receiver import OTLPReceiver
@@ -48,27 +47,6 @@ def _bound_socket() -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     return sock
-
-
-@contextmanager
-def serve(app: Any) -> Iterator[str]:
-    """Run `app` under uvicorn (lifespan on) in a thread; yield its base URL."""
-    sock = _bound_socket()
-    config = uvicorn.Config(app, lifespan="on", log_level="warning")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        for _ in range(500):
-            if server.started or not thread.is_alive():
-                break
-            time.sleep(0.01)
-        assert server.started, "uvicorn did not start"
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
 
 
 def chat(text: str, **extra: Any) -> dict[str, Any]:

@@ -7,8 +7,6 @@ same tests over HTTP (httpx) and WebSocket (websockets).
 from __future__ import annotations
 
 import json
-import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +15,6 @@ import fastapi
 import httpx
 import litestar
 import pytest
-import uvicorn
 from litestar.exceptions import PermissionDeniedException
 from litestar.middleware import DefineMiddleware
 from starlette.applications import Starlette
@@ -30,6 +27,7 @@ from starlette.websockets import WebSocket
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
+from _servers import serve
 from asgi_identity import APIKey, get_identity, hash_api_key
 from asgi_identity.middleware import IdentityMiddleware
 from asgi_identity.testing import JWKSServer, LocalIssuer
@@ -160,29 +158,8 @@ def served(request: pytest.FixtureRequest) -> Iterator[Served]:
     issuer = LocalIssuer(issuer="https://issuer.test", audience="gateway", algorithm="ES256")
     with issuer.serve() as jwks:
         app = FRAMEWORKS[request.param](middleware_options(jwks.jwks_url))
-        config = uvicorn.Config(
-            app,
-            host="127.0.0.1",
-            port=0,
-            lifespan="on",
-            ws="websockets-sansio",
-            log_level="warning",
-        )
-        server = uvicorn.Server(config)
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        # Waiting for a server to listen, bounded; not a timing assertion.
-        deadline = time.monotonic() + 20
-        while not server.started:
-            assert thread.is_alive(), "uvicorn exited during start-up"
-            assert time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.01)
-        port = server.servers[0].sockets[0].getsockname()[1]
-        try:
-            yield Served(request.param, f"http://127.0.0.1:{port}", issuer, jwks, jwks.fetches)
-        finally:
-            server.should_exit = True
-            thread.join(20)
+        with serve(app, ws="websockets-sansio") as url:
+            yield Served(request.param, url, issuer, jwks, jwks.fetches)
 
 
 async def get(served: Served, path: str, headers: list[tuple[str, str]]) -> httpx.Response:

@@ -338,16 +338,6 @@ async def test_without_identity_middleware_the_error_says_how_to_order_them() ->
             await http.get("/")
 
 
-async def test_lifespan_passes_through_untouched() -> None:
-    seen: list[str] = []
-
-    async def app(scope: Scope, receive: Any, send: Any) -> None:
-        seen.append(scope["type"])
-
-    await UserRateLimit(app)({"type": "lifespan"}, None, None)  # type: ignore[arg-type]
-    assert seen == ["lifespan"]
-
-
 async def test_websocket_over_the_limit_is_refused_before_accept(backend: Backend) -> None:
     accepted: list[bool] = []
 

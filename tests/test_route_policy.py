@@ -3,15 +3,12 @@ from __future__ import annotations
 import fnmatch
 import json
 import random
-import threading
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any, cast
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI, Request
 from litestar import Litestar, post
 from litestar import Request as LitestarRequest
@@ -19,6 +16,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from _servers import serve
 from asgi_identity import Actor, Identity, MiddlewareOrderError, telemetry
 from asgi_identity._asgi import ASGIApp, Message, Receive, Scope, Send
 from asgi_identity.audit import configure_audit, shutdown_audit
@@ -681,16 +679,6 @@ async def test_websocket_is_judged_by_path_and_refused_before_accept() -> None:
             assert recorder.calls == 0
 
 
-async def test_lifespan_passes_through_without_identity() -> None:
-    seen: list[str] = []
-
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        seen.append(scope["type"])
-
-    await RoutePolicy(app, rules=[])({"type": "lifespan"}, _never, _never_send)
-    assert seen == ["lifespan"]
-
-
 async def _never() -> Message:
     raise AssertionError("not expected to receive")
 
@@ -859,22 +847,8 @@ def gateway_url() -> Iterator[tuple[str, LocalIssuer]]:
                 )
             ],
         )
-        config = uvicorn.Config(api, host="127.0.0.1", port=0, lifespan="on", log_level="warning")
-        server = uvicorn.Server(config)
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        # Waiting for the server to listen, bounded; not a timing assertion.
-        deadline = time.monotonic() + 20
-        while not server.started:
-            assert thread.is_alive(), "uvicorn exited during start-up"
-            assert time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.01)
-        port = server.servers[0].sockets[0].getsockname()[1]
-        try:
-            yield f"http://127.0.0.1:{port}", issuer
-        finally:
-            server.should_exit = True
-            thread.join(20)
+        with serve(api) as url:
+            yield url, issuer
 
 
 @pytest.mark.parametrize(
