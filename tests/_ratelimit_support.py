@@ -50,17 +50,6 @@ def identify(app: ASGIApp) -> ASGIApp:
     return with_identity
 
 
-def as_identity(app: ASGIApp, identity: Identity) -> ASGIApp:
-    """Every request arrives as `identity`."""
-
-    async def with_identity(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] in ("http", "websocket"):
-            set_identity(scope, identity)
-        await app(scope, receive, send)
-
-    return with_identity
-
-
 async def until(condition: Callable[[], bool], timeout: float = 10) -> None:
     """Wait (bounded) for state that other tasks change, e.g. requests reaching a handler."""
 

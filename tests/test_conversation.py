@@ -17,9 +17,9 @@ from starlette.websockets import WebSocket
 
 from asgi_identity import Identity, MiddlewareOrderError, get_identity
 from asgi_identity._asgi import ASGIApp, Message, Receive, Scope, Send
-from asgi_identity.identity import set_identity
 from asgi_identity.middleware.conversation import ConversationTagger
 from asgi_identity.telemetry import ATTR_CONVERSATION, ATTR_ERROR_TYPE, ATTR_LAYER
+from asgi_identity.testing import with_identity
 
 MALFORMED = (
     "The x-conversation-id header must be 1 to 128 characters from A-Z, a-z, 0-9, "
@@ -61,21 +61,10 @@ APP = Starlette(
 ALICE = Identity(source="jwt", user_id="alice", email="alice@acme.com")
 
 
-def with_identity(app: ASGIApp, identity: Identity | None = ALICE) -> ASGIApp:
-    """Stands in for IdentityMiddleware: publishes a hand-made identity."""
-
-    async def publish(scope: Scope, receive: Receive, send: Send) -> None:
-        if identity is not None and scope["type"] in ("http", "websocket"):
-            set_identity(scope, identity)
-        await app(scope, receive, send)
-
-    return publish
-
-
 async def post(
     layer: ASGIApp, headers: list[tuple[str, str]] | None = None, path: str = "/v1/chat"
 ) -> httpx.Response:
-    transport = httpx.ASGITransport(app=with_identity(layer))
+    transport = httpx.ASGITransport(app=with_identity(layer, ALICE))
     async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as http:
         # Sent as UTF-8 bytes, as a client may, so that non-ASCII ids reach the layer.
         raw = [(name.encode(), value.encode()) for name, value in headers or ()]
@@ -155,7 +144,7 @@ async def test_raw_bytes_outside_utf8_are_refused() -> None:
         "path": "/v1/chat",
         "headers": [(b"x-conversation-id", b"\xff\xfe\x00")],
     }
-    await with_identity(ConversationTagger(APP))(scope, receive, send)
+    await with_identity(ConversationTagger(APP), ALICE)(scope, receive, send)
     assert sent[0]["status"] == 400
 
 
@@ -272,7 +261,7 @@ async def websocket(app: ASGIApp, headers: list[tuple[bytes, bytes]]) -> list[Me
         "subprotocols": [],
         "extensions": {"websocket.http.response": {}},
     }
-    await with_identity(app)(scope, receive, send)
+    await with_identity(app, ALICE)(scope, receive, send)
     return sent
 
 

@@ -17,9 +17,9 @@ from starlette.routing import Route
 
 from asgi_identity import APIKey, Identity, MiddlewareOrderError, get_identity, hash_api_key
 from asgi_identity._asgi import ASGIApp, Receive, Scope, Send
-from asgi_identity.identity import set_identity
 from asgi_identity.middleware.domains import DomainAllowlist
 from asgi_identity.telemetry import ATTR_ERROR_TYPE, ATTR_LAYER
+from asgi_identity.testing import with_identity
 
 NOT_ALLOWED = "This email domain is not allowed."
 NO_EMAIL = "An email address in an allowed domain is required."
@@ -32,17 +32,6 @@ async def whoami(request: Request) -> JSONResponse:
 
 
 APP = Starlette(routes=[Route("/v1/chat", whoami, methods=["POST"])])
-
-
-def with_identity(app: ASGIApp, identity: Identity | None) -> ASGIApp:
-    """Stands in for IdentityMiddleware: publishes a hand-made identity."""
-
-    async def publish(scope: Scope, receive: Receive, send: Send) -> None:
-        if identity is not None and scope["type"] in ("http", "websocket"):
-            set_identity(scope, identity)
-        await app(scope, receive, send)
-
-    return publish
 
 
 async def call(layer: ASGIApp, identity: Identity) -> httpx.Response:

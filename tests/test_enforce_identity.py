@@ -18,9 +18,9 @@ from starlette.websockets import WebSocket
 from asgi_identity import APIKey, Identity, MiddlewareOrderError, get_identity, hash_api_key
 from asgi_identity._asgi import ASGIApp, Message, Receive, Scope, Send
 from asgi_identity.errors import IdentityError
-from asgi_identity.identity import set_identity
 from asgi_identity.middleware.enforce import EnforceIdentity
 from asgi_identity.telemetry import ATTR_ERROR_TYPE, ATTR_LAYER
+from asgi_identity.testing import with_identity
 
 IDENTITY_REQUIRED = "This API key requires identity context."
 
@@ -43,17 +43,6 @@ APP = Starlette(
         WebSocketRoute("/ws", chat),
     ]
 )
-
-
-def with_identity(app: ASGIApp, identity: Identity | None) -> ASGIApp:
-    """Stands in for IdentityMiddleware: publishes a hand-made identity."""
-
-    async def publish(scope: Scope, receive: Receive, send: Send) -> None:
-        if identity is not None and scope["type"] in ("http", "websocket"):
-            set_identity(scope, identity)
-        await app(scope, receive, send)
-
-    return publish
 
 
 def key(enforce_identity: bool | None = None) -> APIKey:

@@ -7,14 +7,14 @@ import pytest
 from fastapi import Depends, FastAPI
 
 from asgi_identity import Actor, Identity, MiddlewareOrderError
-from asgi_identity._asgi import ASGIApp, Receive, Scope, Send
+from asgi_identity._asgi import ASGIApp
 from asgi_identity.fastapi import (
     CurrentIdentity,
     install_error_handler,
     require_roles,
     require_scopes,
 )
-from asgi_identity.identity import set_identity
+from asgi_identity.testing import with_identity
 
 ALICE = Identity(
     source="jwt",
@@ -61,15 +61,6 @@ def make_api(*, contract: bool = True) -> FastAPI:
         return {"ok": "models"}
 
     return api
-
-
-def with_identity(app: ASGIApp, identity: Identity | None) -> ASGIApp:
-    async def wrapper(scope: Scope, receive: Receive, send: Send) -> None:
-        if identity is not None and scope["type"] == "http":
-            set_identity(scope, identity)
-        await app(scope, receive, send)
-
-    return wrapper
 
 
 async def call(app: ASGIApp, method: str, path: str) -> httpx.Response:

@@ -14,7 +14,6 @@ from hypothesis import strategies as st
 
 from _ratelimit_support import (
     REDIS_URI,
-    as_identity,
     client,
     delete_redis_keys,
     identify,
@@ -27,6 +26,7 @@ from asgi_identity.apikeys import APIKey, hash_api_key
 from asgi_identity.errors import MiddlewareOrderError
 from asgi_identity.identity import Identity
 from asgi_identity.middleware.ratelimit import UserRateLimit
+from asgi_identity.testing import with_identity
 
 Backend = tuple[str, str]
 
@@ -199,7 +199,7 @@ async def test_api_key_record_overrides_the_tier(
 ) -> None:
     record = key_record(rate_limit=rate_limit)
     identity = Identity(source="api_key", client_id=record.id, group="free", api_key=record)
-    app = as_identity(limited(backend, limits="3/minute", groups=TIERS), identity)
+    app = with_identity(limited(backend, limits="3/minute", groups=TIERS), identity)
     assert await statuses(app, 6) == [200] * admitted + [429] * (6 - admitted)
 
 
@@ -241,8 +241,8 @@ async def test_identities_share_a_bucket_only_when_they_are_the_same(
     backend: Backend, first: Identity, second: Identity, shared: bool
 ) -> None:
     limiter = limited(backend, limits="1/minute")
-    assert await statuses(as_identity(limiter, first), 1) == [200]
-    assert await statuses(as_identity(limiter, second), 1) == ([429] if shared else [200])
+    assert await statuses(with_identity(limiter, first), 1) == [200]
+    assert await statuses(with_identity(limiter, second), 1) == ([429] if shared else [200])
 
 
 @given(
@@ -348,7 +348,7 @@ async def test_websocket_over_the_limit_is_refused_before_accept(backend: Backen
         await send({"type": "websocket.close", "code": 1000})
 
     limiter = limited(backend, ws_app, limits="1/minute")
-    app = as_identity(limiter, jwt_user("alice"))
+    app = with_identity(limiter, jwt_user("alice"))
     sent: list[Message] = []
 
     async def connect() -> None:
@@ -495,7 +495,7 @@ async def test_a_bad_key_override_falls_back_to_each_requests_own_tier(backend: 
             id=f"key-{group}", sha256=hash_api_key(group), group=group, rate_limit="often"
         )
         identity = Identity(source="api_key", client_id=record.id, group=group, api_key=record)
-        codes = await statuses(as_identity(limiter, identity), 5)
+        codes = await statuses(with_identity(limiter, identity), 5)
         assert codes == [200] * admitted + [429] * (5 - admitted)
 
 

@@ -21,10 +21,9 @@ from asgi_identity import Actor, Identity, MiddlewareOrderError, telemetry
 from asgi_identity._asgi import ASGIApp, Message, Receive, Scope, Send
 from asgi_identity.audit import configure_audit, shutdown_audit
 from asgi_identity.claims import ClaimMap
-from asgi_identity.identity import set_identity
 from asgi_identity.middleware import IdentityMiddleware
 from asgi_identity.middleware.policy import PolicyDecision, PolicyFileError, RoutePolicy, Rule
-from asgi_identity.testing import LocalIssuer
+from asgi_identity.testing import LocalIssuer, with_identity
 from asgi_identity.tokens import JWTIssuer
 
 DATA = Path(__file__).parent / "data"
@@ -57,17 +56,6 @@ class Recorder:
                 break
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": body})
-
-
-def with_identity(app: ASGIApp, identity: Identity | None) -> ASGIApp:
-    """Stands in for IdentityMiddleware: puts a hand-made identity in the scope."""
-
-    async def wrapper(scope: Scope, receive: Receive, send: Send) -> None:
-        if identity is not None and scope["type"] in ("http", "websocket"):
-            set_identity(scope, identity)
-        await app(scope, receive, send)
-
-    return wrapper
 
 
 IDENTITIES: dict[str, Identity] = {

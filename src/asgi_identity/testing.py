@@ -17,6 +17,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
+from ._asgi import ASGIApp, Receive, Scope, Send
+from .identity import Identity, set_identity
+
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 
 _CURVES: Mapping[str, ec.EllipticCurve] = {
@@ -238,3 +241,15 @@ class JWKSServer:
     def close(self) -> None:
         self._httpd.shutdown()
         self._httpd.server_close()
+
+
+def with_identity(app: ASGIApp, identity: Identity | None) -> ASGIApp:
+    """Stand in for IdentityMiddleware in tests: every HTTP and WebSocket request arrives as
+    `identity` (None publishes nothing, to test what a layer does without IdentityMiddleware)."""
+
+    async def publish(scope: Scope, receive: Receive, send: Send) -> None:
+        if identity is not None and scope["type"] in ("http", "websocket"):
+            set_identity(scope, identity)
+        await app(scope, receive, send)
+
+    return publish
