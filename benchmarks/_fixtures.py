@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from asgi_identity.apikeys import hash_api_key
+from asgi_identity.credentials.apikeys import hash_api_key
 
 ALGORITHMS = ("RS256", "ES256", "EdDSA")
 AUDIENCE = "gateway"

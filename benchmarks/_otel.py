@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
-from asgi_identity._asgi import ASGIApp, Receive, Scope, Send
+from asgi_identity.types import ASGIApp, Receive, Scope, Send
 
 _installed = False
 

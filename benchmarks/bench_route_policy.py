@@ -21,8 +21,8 @@ _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 
 from asgi_identity import Actor, Identity, RoutePolicy, Rule  # noqa: E402
-from asgi_identity._asgi import ASGIApp, Message, Receive, Scope, Send  # noqa: E402
 from asgi_identity.identity import set_identity  # noqa: E402
+from asgi_identity.types import ASGIApp, Message, Receive, Scope, Send  # noqa: E402
 
 BODY = json.dumps(
     {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello." * 20}]}

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from asgi_identity._asgi import ASGIApp, Message
+from asgi_identity.types import ASGIApp, Message
 
 from ._fixtures import PATH, REQUEST_BODY, Signer, request_headers
 from .reference import REFERENCES, Reference, Runner

@@ -11,9 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from asgi_identity._asgi import ASGIApp, Receive, Scope, Send
-from asgi_identity.apikeys import APIKey
+from asgi_identity.credentials.apikeys import APIKey
 from asgi_identity.identity import Identity, set_identity
+from asgi_identity.types import ASGIApp, Receive, Scope, Send
 
 from . import peers
 from ._fixtures import (
@@ -84,8 +84,8 @@ def redis_reachable() -> bool:
 
 
 def _identity_middleware(app: ASGIApp, keys: Keys, algorithm: str) -> ASGIApp:
+    from asgi_identity.credentials.tokens import JWTIssuer
     from asgi_identity.middleware.identity import IdentityMiddleware
-    from asgi_identity.tokens import JWTIssuer
 
     issuer = JWTIssuer(
         issuer=issuer_url(algorithm), audience=AUDIENCE, public_key=keys.public_pems[algorithm]

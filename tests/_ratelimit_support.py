@@ -19,9 +19,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from asgi_identity._asgi import ASGIApp, Receive, Scope, Send
 from asgi_identity.identity import Identity, set_identity
 from asgi_identity.middleware.ratelimit import UserRateLimit, get_rate_limiter
+from asgi_identity.types import ASGIApp, Receive, Scope, Send
 
 REDIS_URI = "async+redis://127.0.0.1:6379"
 ISSUER = "https://issuer.test"

@@ -26,7 +26,6 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from asgi_identity import APIKey, Identity, audit, hash_api_key, telemetry
-from asgi_identity._asgi import ASGIApp
 from asgi_identity.audit import (
     AuditFile,
     build_record,
@@ -36,9 +35,10 @@ from asgi_identity.audit import (
     verify_audit_file,
 )
 from asgi_identity.cli import main as cli_main
+from asgi_identity.credentials.tokens import JWTIssuer
 from asgi_identity.middleware import DomainAllowlist, EnforceIdentity, IdentityMiddleware
 from asgi_identity.testing import LocalIssuer
-from asgi_identity.tokens import JWTIssuer
+from asgi_identity.types import ASGIApp
 
 AUDIT_KEY = b"audit-key-kept-in-a-secret-store"
 APP_KEY = "sk-ai-audit-test-key-00000001"

@@ -4,7 +4,7 @@ from typing import Any
 
 import pytest
 
-from asgi_identity.claims import MAX_ACTOR_DEPTH, PRESETS, ClaimMap
+from asgi_identity.credentials.claims import MAX_ACTOR_DEPTH, PRESETS, ClaimMap
 from asgi_identity.errors import IdentityError
 from asgi_identity.identity import Actor, Identity
 

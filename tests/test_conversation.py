@@ -16,10 +16,10 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from asgi_identity import Identity, MiddlewareOrderError, get_identity
-from asgi_identity._asgi import ASGIApp, Message, Receive, Scope, Send
 from asgi_identity.middleware.conversation import ConversationTagger
 from asgi_identity.telemetry import ATTR_CONVERSATION, ATTR_ERROR_TYPE, ATTR_LAYER
 from asgi_identity.testing import with_identity
+from asgi_identity.types import ASGIApp, Message, Receive, Scope, Send
 
 MALFORMED = (
     "The x-conversation-id header must be 1 to 128 characters from A-Z, a-z, 0-9, "

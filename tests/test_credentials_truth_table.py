@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 
 from asgi_identity import APIKey, Identity, hash_api_key
-from asgi_identity._asgi import Message, Receive, Scope, Send
+from asgi_identity.credentials.tokens import JWTIssuer
 from asgi_identity.middleware import IdentityMiddleware
 from asgi_identity.testing import LocalIssuer
-from asgi_identity.tokens import JWTIssuer
+from asgi_identity.types import Message, Receive, Scope, Send
 
 KEY = "sk-ai-backend-key-0123456789"
 PEER = ("10.1.2.3", 50000)

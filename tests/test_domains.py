@@ -16,10 +16,10 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from asgi_identity import APIKey, Identity, MiddlewareOrderError, get_identity, hash_api_key
-from asgi_identity._asgi import ASGIApp, Receive, Scope, Send
 from asgi_identity.middleware.domains import DomainAllowlist
 from asgi_identity.telemetry import ATTR_ERROR_TYPE, ATTR_LAYER
 from asgi_identity.testing import with_identity
+from asgi_identity.types import ASGIApp, Receive, Scope, Send
 
 NOT_ALLOWED = "This email domain is not allowed."
 NO_EMAIL = "An email address in an allowed domain is required."

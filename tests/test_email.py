@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from asgi_identity.email import (
+from asgi_identity.credentials.email import (
     compile_domains,
     domain_allowed,
     domain_listed,

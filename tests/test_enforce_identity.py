@@ -16,11 +16,11 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from asgi_identity import APIKey, Identity, MiddlewareOrderError, get_identity, hash_api_key
-from asgi_identity._asgi import ASGIApp, Message, Receive, Scope, Send
 from asgi_identity.errors import IdentityError
 from asgi_identity.middleware.enforce import EnforceIdentity
 from asgi_identity.telemetry import ATTR_ERROR_TYPE, ATTR_LAYER
 from asgi_identity.testing import with_identity
+from asgi_identity.types import ASGIApp, Message, Receive, Scope, Send
 
 IDENTITY_REQUIRED = "This API key requires identity context."
 

@@ -7,14 +7,14 @@ import pytest
 from fastapi import Depends, FastAPI
 
 from asgi_identity import Actor, Identity, MiddlewareOrderError
-from asgi_identity._asgi import ASGIApp
-from asgi_identity.fastapi import (
+from asgi_identity.integrations.fastapi import (
     CurrentIdentity,
     install_error_handler,
     require_roles,
     require_scopes,
 )
 from asgi_identity.testing import with_identity
+from asgi_identity.types import ASGIApp
 
 ALICE = Identity(
     source="jwt",

@@ -29,9 +29,9 @@ from websockets.exceptions import InvalidStatus
 
 from _servers import serve
 from asgi_identity import APIKey, get_identity, hash_api_key
+from asgi_identity.credentials.tokens import JWTIssuer
 from asgi_identity.middleware import IdentityMiddleware
 from asgi_identity.testing import JWKSServer, LocalIssuer
-from asgi_identity.tokens import JWTIssuer
 
 KEY = "sk-ai-frameworks-backend-key"
 HEADER_KEY = "sk-ai-frameworks-trusted-backend"

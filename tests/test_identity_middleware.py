@@ -14,11 +14,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from asgi_identity import APIKey, Identity, hash_api_key
-from asgi_identity._asgi import Message, Receive, Scope, Send
-from asgi_identity._credentials import forwarded_headers
+from asgi_identity.credentials._presented import forwarded_headers
+from asgi_identity.credentials.tokens import JWTIssuer
 from asgi_identity.middleware import IdentityMiddleware
 from asgi_identity.testing import JWKSServer, LocalIssuer
-from asgi_identity.tokens import JWTIssuer
+from asgi_identity.types import Message, Receive, Scope, Send
 
 KEY = "sk-ai-backend-key-0123456789"
 OTHER_KEY = "sk-ai-other-key-9876543210"
@@ -447,7 +447,7 @@ async def test_jwt_wins_over_a_trusted_email_header(issuer: LocalIssuer) -> None
 
 
 async def test_group_from_claim_then_header_then_key_then_default(issuer: LocalIssuer) -> None:
-    from asgi_identity.claims import ClaimMap
+    from asgi_identity.credentials.claims import ClaimMap
 
     app = Recorder()
     middleware = IdentityMiddleware(
@@ -472,7 +472,7 @@ async def test_group_from_claim_then_header_then_key_then_default(issuer: LocalI
 
 
 async def test_unknown_group_is_400_invalid_group(issuer: LocalIssuer) -> None:
-    from asgi_identity.claims import ClaimMap
+    from asgi_identity.credentials.claims import ClaimMap
 
     middleware = IdentityMiddleware(
         Recorder(),

@@ -13,11 +13,17 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-import asgi_identity.jwks
+import asgi_identity.credentials.jwks
+from asgi_identity.credentials.jwks import (
+    RemoteKeySet,
+    _FetchError,
+    fetch_json,
+    key_from_jwk,
+    keys_from_jwks,
+)
+from asgi_identity.credentials.tokens import JWTIssuer, TokenVerifier
 from asgi_identity.errors import IdentityError
-from asgi_identity.jwks import RemoteKeySet, _FetchError, fetch_json, key_from_jwk, keys_from_jwks
 from asgi_identity.testing import JWKSServer, LocalIssuer, public_jwk
-from asgi_identity.tokens import JWTIssuer, TokenVerifier
 
 # Every wait in these tests is a guard against a hang, never a measurement.
 GUARD = 5.0
@@ -430,7 +436,7 @@ async def test_an_unforeseen_failure_while_refreshing_keeps_the_last_good_keys(
         # Stands in for a parser bug nobody foresaw; its text must not reach the logs.
         raise RuntimeError("s3cret detail")
 
-    monkeypatch.setattr(asgi_identity.jwks, "keys_from_jwks", broken)
+    monkeypatch.setattr(asgi_identity.credentials.jwks, "keys_from_jwks", broken)
     await asyncio.sleep(0.01)
     keys = key_set(v)
     assert (await v.verify(issuer.mint(sub="alice"))).user_id == "alice"

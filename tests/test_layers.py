@@ -15,7 +15,7 @@ from asgi_identity import (
     RoutePolicy,
     UserRateLimit,
 )
-from asgi_identity._asgi import ASGIApp, Message, Receive, Scope, Send
+from asgi_identity.types import ASGIApp, Message, Receive, Scope, Send
 
 LAYERS: dict[str, Callable[[ASGIApp], Any]] = {
     "IdentityMiddleware": lambda app: IdentityMiddleware(app, allow_anonymous=True),

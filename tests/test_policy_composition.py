@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from asgi_identity import APIKey, MiddlewareOrderError, get_identity, hash_api_key
-from asgi_identity._asgi import ASGIApp
+from asgi_identity.credentials.tokens import JWTIssuer
 from asgi_identity.middleware import (
     ConversationTagger,
     DomainAllowlist,
@@ -29,7 +29,7 @@ from asgi_identity.middleware import (
     IdentityMiddleware,
 )
 from asgi_identity.testing import LocalIssuer
-from asgi_identity.tokens import JWTIssuer
+from asgi_identity.types import ASGIApp
 
 KEY = "sk-ai-composition-test-key"
 OUTCOMES = {

@@ -21,7 +21,7 @@ import httpx
 
 from asgi_identity import get_identity
 from asgi_identity.middleware import IdentityMiddleware
-from asgi_identity.tokens import JWTIssuer
+from asgi_identity.credentials.tokens import JWTIssuer
 
 
 def client_for(app):

@@ -20,13 +20,13 @@ from _ratelimit_support import (
     llm_app,
     unique_prefix,
 )
-from asgi_identity._asgi import Message, Scope
-from asgi_identity._ratelimit import TrustedProxies, bucket_key, parse_limit
-from asgi_identity.apikeys import APIKey, hash_api_key
+from asgi_identity.credentials.apikeys import APIKey, hash_api_key
 from asgi_identity.errors import MiddlewareOrderError
 from asgi_identity.identity import Identity
 from asgi_identity.middleware.ratelimit import UserRateLimit
+from asgi_identity.quotas._windows import TrustedProxies, bucket_key, parse_limit
 from asgi_identity.testing import with_identity
+from asgi_identity.types import Message, Scope
 
 Backend = tuple[str, str]
 

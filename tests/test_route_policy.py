@@ -18,13 +18,13 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from _servers import serve
 from asgi_identity import Actor, Identity, MiddlewareOrderError, telemetry
-from asgi_identity._asgi import ASGIApp, Message, Receive, Scope, Send
 from asgi_identity.audit import configure_audit, shutdown_audit
-from asgi_identity.claims import ClaimMap
+from asgi_identity.credentials.claims import ClaimMap
+from asgi_identity.credentials.tokens import JWTIssuer
 from asgi_identity.middleware import IdentityMiddleware
 from asgi_identity.middleware.policy import PolicyDecision, PolicyFileError, RoutePolicy, Rule
 from asgi_identity.testing import LocalIssuer, with_identity
-from asgi_identity.tokens import JWTIssuer
+from asgi_identity.types import ASGIApp, Message, Receive, Scope, Send
 
 DATA = Path(__file__).parent / "data"
 SECRET_TOKEN = "Bearer sk-ai-very-secret-token"

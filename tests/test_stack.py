@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from asgi_identity import APIKey, get_identity, hash_api_key
+from asgi_identity.credentials.tokens import JWTIssuer
 from asgi_identity.middleware import (
     ConversationTagger,
     DomainAllowlist,
@@ -25,7 +26,6 @@ from asgi_identity.middleware import (
 from asgi_identity.middleware.ratelimit import UserRateLimit
 from asgi_identity.stack import identity_stack, stack_layers
 from asgi_identity.testing import LocalIssuer
-from asgi_identity.tokens import JWTIssuer
 
 KEY = "sk-ai-stack-test-key"
 

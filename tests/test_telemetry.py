@@ -30,8 +30,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from asgi_identity import APIKey, Identity, get_identity, hash_api_key, telemetry
-from asgi_identity._asgi import ASGIApp
 from asgi_identity.audit import shutdown_audit
+from asgi_identity.credentials.tokens import JWTIssuer
 from asgi_identity.identity import Actor
 from asgi_identity.middleware import (
     ConversationTagger,
@@ -41,7 +41,7 @@ from asgi_identity.middleware import (
 )
 from asgi_identity.middleware.ratelimit import UserRateLimit
 from asgi_identity.testing import JWKSServer, LocalIssuer
-from asgi_identity.tokens import JWTIssuer
+from asgi_identity.types import ASGIApp
 
 APP_KEY = "sk-ai-telemetry-test-key-0001"
 PSEUDONYM_KEY = b"a-secret-of-at-least-16-bytes"

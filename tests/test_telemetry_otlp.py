@@ -27,8 +27,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from asgi_identity import APIKey, get_identity, hash_api_key, telemetry
-from asgi_identity._asgi import ASGIApp
 from asgi_identity.audit import configure_audit, shutdown_audit
+from asgi_identity.credentials.tokens import JWTIssuer
 from asgi_identity.middleware import (
     ConversationTagger,
     DomainAllowlist,
@@ -37,7 +37,7 @@ from asgi_identity.middleware import (
 )
 from asgi_identity.middleware.ratelimit import UserRateLimit
 from asgi_identity.testing import JWKSServer, LocalIssuer
-from asgi_identity.tokens import JWTIssuer
+from asgi_identity.types import ASGIApp
 from otlp_receiver import OTLPReceiver, Point
 
 APP_KEY = "sk-ai-otlp-test-key-000000001"

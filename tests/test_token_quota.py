@@ -23,9 +23,9 @@ from _ratelimit_support import (
     unique_prefix,
     until,
 )
-from asgi_identity._asgi import Message, Receive, Scope, Send
 from asgi_identity.identity import Identity
 from asgi_identity.middleware.ratelimit import UserRateLimit, get_rate_limiter
+from asgi_identity.types import Message, Receive, Scope, Send
 
 Backend = tuple[str, str]
 ALICE = Identity(source="jwt", user_id="alice", issuer="https://issuer.test")

@@ -14,11 +14,11 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from asgi_identity import tokens as tokens_module
+from asgi_identity.credentials import tokens as tokens_module
+from asgi_identity.credentials.tokens import JWTIssuer, TokenVerifier, looks_like_jwt
 from asgi_identity.errors import IdentityError
 from asgi_identity.identity import Actor
 from asgi_identity.testing import LocalIssuer
-from asgi_identity.tokens import JWTIssuer, TokenVerifier, looks_like_jwt
 
 
 def verifier(local: LocalIssuer, **options: Any) -> TokenVerifier:

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from asgi_identity.usage import (
+from asgi_identity.quotas.usage import (
     JSONUsageReader,
     SSEUsageReader,
     TokenUsage,

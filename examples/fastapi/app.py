@@ -29,7 +29,7 @@ from asgi_identity import (
     UserRateLimit,
     get_rate_limiter,
 )
-from asgi_identity.fastapi import CurrentIdentity
+from asgi_identity.integrations.fastapi import CurrentIdentity
 
 from ..gateway.model import (
     BadRequest,

@@ -14,8 +14,8 @@ from typing import Any
 
 from opentelemetry import metrics, trace
 
-from asgi_identity._asgi import ASGIApp, Message, Receive, Scope, Send
 from asgi_identity.telemetry import configure_telemetry
+from asgi_identity.types import ASGIApp, Message, Receive, Scope, Send
 
 
 class RequestSpan:

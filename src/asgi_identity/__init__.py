@@ -3,24 +3,30 @@
 # Set before the imports below: telemetry reads it while the package is still importing.
 __version__ = "0.1.0"
 
-from .apikeys import APIKey, APIKeyStore, StaticAPIKeyStore, generate_api_key, hash_api_key
-from .claims import PRESETS, ClaimMap
-from .errors import ErrorRenderer, IdentityError, MiddlewareOrderError
-from .identity import Actor, Identity, IdentitySource, get_identity
-from .middleware.conversation import ConversationTagger
-from .middleware.domains import DomainAllowlist
-from .middleware.enforce import EnforceIdentity
-from .middleware.identity import IdentityMiddleware
-from .middleware.policy import PolicyDecision, PolicyFileError, RoutePolicy, Rule
-from .middleware.ratelimit import (
+from asgi_identity.credentials.apikeys import (
+    APIKey,
+    APIKeyStore,
+    StaticAPIKeyStore,
+    generate_api_key,
+    hash_api_key,
+)
+from asgi_identity.credentials.claims import PRESETS, ClaimMap
+from asgi_identity.credentials.tokens import JWTIssuer, TokenVerifier
+from asgi_identity.errors import ErrorRenderer, IdentityError, MiddlewareOrderError
+from asgi_identity.identity import Actor, Identity, IdentitySource, get_identity
+from asgi_identity.middleware.conversation import ConversationTagger
+from asgi_identity.middleware.domains import DomainAllowlist
+from asgi_identity.middleware.enforce import EnforceIdentity
+from asgi_identity.middleware.identity import IdentityMiddleware
+from asgi_identity.middleware.policy import PolicyDecision, PolicyFileError, RoutePolicy, Rule
+from asgi_identity.middleware.ratelimit import (
     RateLimitUnavailable,
     UserRateLimit,
     WindowUsage,
     get_rate_limiter,
 )
-from .stack import identity_stack, stack_layers
-from .tokens import JWTIssuer, TokenVerifier
-from .usage import TokenUsage
+from asgi_identity.quotas.usage import TokenUsage
+from asgi_identity.stack import identity_stack, stack_layers
 
 __all__ = [
     "PRESETS",

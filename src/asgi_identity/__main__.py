@@ -1,3 +1,3 @@
-from .cli import main
+from asgi_identity.cli import main
 
 raise SystemExit(main())

@@ -6,7 +6,7 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import Final
 
-from ._asgi import Receive, Scope, Send
+from asgi_identity.types import Receive, Scope, Send
 
 #: Every code the package can answer with, and its HTTP status.
 STATUS_BY_CODE: Final[Mapping[str, int]] = {

@@ -8,12 +8,11 @@ from operator import attrgetter
 from types import MappingProxyType
 from typing import Any, Literal, overload
 
-from ._asgi import Scope
-
 # Imported at run time, not only for type checkers: frameworks that read the dataclass's type
 # hints (Litestar's dependency injection, FastAPI/pydantic) must be able to resolve APIKey.
-from .apikeys import APIKey
-from .errors import MiddlewareOrderError
+from asgi_identity.credentials.apikeys import APIKey
+from asgi_identity.errors import MiddlewareOrderError
+from asgi_identity.types import Scope
 
 IdentitySource = Literal["jwt", "header", "api_key", "anonymous"]
 

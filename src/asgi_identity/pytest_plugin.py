@@ -11,8 +11,8 @@ from typing import Any, Protocol
 
 import pytest
 
-from .apikeys import APIKey, generate_api_key
-from .testing import JWKSServer, LocalIssuer
+from asgi_identity.credentials.apikeys import APIKey, generate_api_key
+from asgi_identity.testing import JWKSServer, LocalIssuer
 
 
 class MintToken(Protocol):

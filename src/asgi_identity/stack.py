@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ._asgi import ASGIApp
-from .middleware.conversation import ConversationTagger
-from .middleware.domains import DomainAllowlist
-from .middleware.enforce import EnforceIdentity
-from .middleware.identity import IdentityMiddleware
-from .middleware.policy import RoutePolicy
-from .middleware.ratelimit import UserRateLimit
+from asgi_identity.middleware.conversation import ConversationTagger
+from asgi_identity.middleware.domains import DomainAllowlist
+from asgi_identity.middleware.enforce import EnforceIdentity
+from asgi_identity.middleware.identity import IdentityMiddleware
+from asgi_identity.middleware.policy import RoutePolicy
+from asgi_identity.middleware.ratelimit import UserRateLimit
+from asgi_identity.types import ASGIApp
 
 #: A layer's options: a mapping of its keyword arguments, True for its defaults, None/False to omit.
 LayerOptions = Mapping[str, Any] | bool | None

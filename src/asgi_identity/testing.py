@@ -17,8 +17,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
-from ._asgi import ASGIApp, Receive, Scope, Send
-from .identity import Identity, set_identity
+from asgi_identity.identity import Identity, set_identity
+from asgi_identity.types import ASGIApp, Receive, Scope, Send
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 

@@ -32,10 +32,10 @@ from asgi_identity import (
     IdentityMiddleware,
     hash_api_key,
 )
-from asgi_identity._asgi import ASGIApp, Message
+from asgi_identity.credentials.tokens import JWTIssuer
 from asgi_identity.middleware.ratelimit import UserRateLimit
 from asgi_identity.testing import LocalIssuer, PrivateKey
-from asgi_identity.tokens import JWTIssuer
+from asgi_identity.types import ASGIApp, Message
 
 AUDIENCE = "gateway"
 #: An ordinary app key: names a client, no person behind it.

@@ -12,9 +12,9 @@ import json
 
 import pytest
 
+from asgi_identity.credentials.tokens import JWTIssuer
+from asgi_identity.quotas.usage import JSONUsageReader, SSEUsageReader
 from asgi_identity.testing import JWKSServer, LocalIssuer
-from asgi_identity.tokens import JWTIssuer
-from asgi_identity.usage import JSONUsageReader, SSEUsageReader
 
 from ._attack import (
     APP_KEY,

@@ -16,8 +16,8 @@ from urllib.parse import unquote
 
 import pytest
 
-from asgi_identity._asgi import Message
 from asgi_identity.testing import LocalIssuer
+from asgi_identity.types import Message
 
 from ._attack import (
     APP_KEY,

@@ -21,8 +21,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
 
 from asgi_identity import IdentityMiddleware
+from asgi_identity.credentials.tokens import JWTIssuer
 from asgi_identity.testing import JWKSServer, LocalIssuer, public_jwk
-from asgi_identity.tokens import JWTIssuer
 
 from ._attack import (
     AUDIENCE,
@@ -736,7 +736,7 @@ async def test_numeric_dates_outside_json_numbers_are_401_not_500(
     rsa_issuer: LocalIssuer, members: dict[str, str], reason: str
 ) -> None:
     # max_header_bytes is raised so that the 5000-digit case reaches the verifier at all.
-    from asgi_identity.tokens import TokenVerifier
+    from asgi_identity.credentials.tokens import TokenVerifier
 
     verifier = TokenVerifier([static_issuer(rsa_issuer)], max_token_bytes=16384)
     gateway = build_gateway(token_verifier=verifier, max_header_bytes=16384)

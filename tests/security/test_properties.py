@@ -15,18 +15,18 @@ from typing import Any, TypeVar
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from asgi_identity._credentials import bearer_value, forward_value
-from asgi_identity.email import domain_listed, normalize_domain_pattern, parse_email
+from asgi_identity.credentials._presented import bearer_value, forward_value
+from asgi_identity.credentials.email import domain_listed, normalize_domain_pattern, parse_email
+from asgi_identity.credentials.tokens import TokenVerifier, looks_like_jwt
 from asgi_identity.errors import STATUS_BY_CODE, IdentityError
-from asgi_identity.testing import LocalIssuer
-from asgi_identity.tokens import TokenVerifier, looks_like_jwt
-from asgi_identity.usage import (
+from asgi_identity.quotas.usage import (
     MAX_TOKENS,
     JSONUsageReader,
     SSEUsageReader,
     usage_from_json,
     usage_from_sse,
 )
+from asgi_identity.testing import LocalIssuer
 
 from ._attack import INSIDE, b64url, build_gateway, static_issuer
 

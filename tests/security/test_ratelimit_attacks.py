@@ -12,8 +12,8 @@ import json
 import pytest
 
 from asgi_identity import Identity, IdentityMiddleware
-from asgi_identity._ratelimit import bucket_key
 from asgi_identity.middleware.ratelimit import UserRateLimit
+from asgi_identity.quotas._windows import bucket_key
 from asgi_identity.testing import LocalIssuer
 
 from ._attack import (

@@ -9,8 +9,8 @@ from typing import Any
 import jwt
 import pytest
 
-from asgi_identity.jwks import key_from_jwk
-from asgi_identity.tokens import JWTIssuer
+from asgi_identity.credentials.jwks import key_from_jwk
+from asgi_identity.credentials.tokens import JWTIssuer
 
 from ._attack import bearer, build_gateway
 

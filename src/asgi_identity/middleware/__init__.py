@@ -1,11 +1,11 @@
 """The middlewares, one module each; import them from here or from `asgi_identity`."""
 
-from .conversation import ConversationTagger
-from .domains import DomainAllowlist
-from .enforce import EnforceIdentity
-from .identity import IdentityMiddleware
-from .policy import RoutePolicy
-from .ratelimit import UserRateLimit
+from asgi_identity.middleware.conversation import ConversationTagger
+from asgi_identity.middleware.domains import DomainAllowlist
+from asgi_identity.middleware.enforce import EnforceIdentity
+from asgi_identity.middleware.identity import IdentityMiddleware
+from asgi_identity.middleware.policy import RoutePolicy
+from asgi_identity.middleware.ratelimit import UserRateLimit
 
 __all__ = [
     "ConversationTagger",

@@ -5,12 +5,12 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from .. import telemetry
-from .._asgi import ASGIApp, Message, Receive, Scope, Send
-from .._headers import DuplicateHeader, single_header
-from .._layer import LayerPolicy
-from ..errors import ErrorRenderer, IdentityError
-from ..identity import Identity, require_identity, set_identity
+from asgi_identity import telemetry
+from asgi_identity._http.headers import DuplicateHeader, single_header
+from asgi_identity.errors import ErrorRenderer, IdentityError
+from asgi_identity.identity import Identity, require_identity, set_identity
+from asgi_identity.middleware._layer import LayerPolicy
+from asgi_identity.types import ASGIApp, Message, Receive, Scope, Send
 
 # Safe in a header, a log line, a metric label and a URL path segment, without escaping.
 _SAFE_ID = re.compile(rb"[A-Za-z0-9._:-]+")

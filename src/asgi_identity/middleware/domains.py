@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable
 
-from .._asgi import ASGIApp, Receive, Scope, Send
-from .._layer import LayerPolicy
-from ..email import MAX_EMAIL_LENGTH, domain_listed, normalize_domain_pattern, parse_email
-from ..errors import ErrorRenderer, IdentityError
-from ..identity import Identity, require_identity
+from asgi_identity.credentials.email import (
+    MAX_EMAIL_LENGTH,
+    domain_listed,
+    normalize_domain_pattern,
+    parse_email,
+)
+from asgi_identity.errors import ErrorRenderer, IdentityError
+from asgi_identity.identity import Identity, require_identity
+from asgi_identity.middleware._layer import LayerPolicy
+from asgi_identity.types import ASGIApp, Receive, Scope, Send
 
 DOMAIN_NOT_ALLOWED_MESSAGE = "This email domain is not allowed."
 NO_EMAIL_MESSAGE = "An email address in an allowed domain is required."

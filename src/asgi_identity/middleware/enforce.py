@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from .._asgi import ASGIApp, Receive, Scope, Send
-from .._layer import LayerPolicy
-from ..errors import ErrorRenderer, IdentityError
-from ..identity import require_identity
+from asgi_identity.errors import ErrorRenderer, IdentityError
+from asgi_identity.identity import require_identity
+from asgi_identity.middleware._layer import LayerPolicy
+from asgi_identity.types import ASGIApp, Receive, Scope, Send
 
 IDENTITY_REQUIRED_MESSAGE = "This API key requires identity context."
 MISSING_CREDENTIALS_MESSAGE = (

@@ -7,9 +7,9 @@ import hashlib
 import logging
 from collections.abc import Collection, Iterable, Sequence
 
-from .. import telemetry
-from .._asgi import ASGIApp, Message, Receive, Scope, Send
-from .._credentials import (
+from asgi_identity import telemetry
+from asgi_identity._http.headers import MAX_HEADER_VALUE, normalized_name
+from asgi_identity.credentials._presented import (
     HeaderReader,
     IdentityAuth,
     IdentityUser,
@@ -23,13 +23,13 @@ from .._credentials import (
     header_group_value,
     header_name,
 )
-from .._headers import MAX_HEADER_VALUE, normalized_name
-from .._layer import LayerPolicy
-from ..apikeys import APIKey, APIKeyStore, StaticAPIKeyStore
-from ..email import EmailAddress
-from ..errors import ErrorRenderer, IdentityError
-from ..identity import Identity, set_identity
-from ..tokens import JWTIssuer, TokenVerifier, looks_like_jwt
+from asgi_identity.credentials.apikeys import APIKey, APIKeyStore, StaticAPIKeyStore
+from asgi_identity.credentials.email import EmailAddress
+from asgi_identity.credentials.tokens import JWTIssuer, TokenVerifier, looks_like_jwt
+from asgi_identity.errors import ErrorRenderer, IdentityError
+from asgi_identity.identity import Identity, set_identity
+from asgi_identity.middleware._layer import LayerPolicy
+from asgi_identity.types import ASGIApp, Message, Receive, Scope, Send
 
 logger = logging.getLogger("asgi_identity")
 

@@ -6,11 +6,12 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Final, NamedTuple
 
-from .. import audit
-from .._asgi import ASGIApp, Message, Receive, Scope, Send
-from .._body import AMBIGUOUS, DEFAULT_MAX_BODY, peek_json
-from .._layer import LayerPolicy
-from .._rules import (
+from asgi_identity import audit
+from asgi_identity._http.body import AMBIGUOUS, DEFAULT_MAX_BODY, peek_json
+from asgi_identity.errors import ErrorRenderer, IdentityError
+from asgi_identity.identity import Identity, require_identity
+from asgi_identity.middleware._layer import LayerPolicy
+from asgi_identity.rules._compiled import (
     DEFAULT_RULE_ID,
     CompiledPolicy,
     CompiledRule,
@@ -18,8 +19,7 @@ from .._rules import (
     Rule,
     load_policy_file,
 )
-from ..errors import ErrorRenderer, IdentityError
-from ..identity import Identity, require_identity
+from asgi_identity.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = ["PolicyDecision", "PolicyFileError", "RoutePolicy", "Rule"]
 

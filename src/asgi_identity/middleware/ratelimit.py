@@ -18,12 +18,15 @@ from limits.storage import storage_from_string
 from limits.strategies import STRATEGIES as IN_PROCESS_STRATEGIES
 from limits.strategies import RateLimiter as InProcessRateLimiter
 
-from .. import telemetry
-from .._asgi import ASGIApp, Message, Receive, Scope, Send
-from .._body import DEFAULT_MAX_BODY, peek_body
-from .._headers import with_response_headers
-from .._layer import LayerPolicy
-from .._ratelimit import (
+from asgi_identity import telemetry
+from asgi_identity._http.body import DEFAULT_MAX_BODY, peek_body
+from asgi_identity._http.headers import with_response_headers
+from asgi_identity.credentials.apikeys import APIKey
+from asgi_identity.errors import ErrorRenderer, IdentityError
+from asgi_identity.identity import Identity, require_identity
+from asgi_identity.middleware._layer import LayerPolicy
+from asgi_identity.quotas._ledger import Reservation, TokenLedger, TokenRefusal, UsageMeter
+from asgi_identity.quotas._windows import (
     LimitSpec,
     SweptMemoryStorage,
     TrustedProxies,
@@ -38,11 +41,8 @@ from .._ratelimit import (
     ratelimit_header,
     seconds_until,
 )
-from .._token_quota import Reservation, TokenLedger, TokenRefusal, UsageMeter
-from ..apikeys import APIKey
-from ..errors import ErrorRenderer, IdentityError
-from ..identity import Identity, require_identity
-from ..usage import TokenUsage
+from asgi_identity.quotas.usage import TokenUsage
+from asgi_identity.types import ASGIApp, Message, Receive, Scope, Send
 
 logger = logging.getLogger("asgi_identity")
 

@@ -13,10 +13,10 @@ from typing import Any, NamedTuple
 
 from limits.aio.storage import Storage
 
-from ._asgi import Message, Send
-from ._ratelimit import SweptMemoryStorage, Window, seconds_until
-from .identity import Identity
-from .usage import TokenUsage, UsageReader, reader_for
+from asgi_identity.identity import Identity
+from asgi_identity.quotas._windows import SweptMemoryStorage, Window, seconds_until
+from asgi_identity.quotas.usage import TokenUsage, UsageReader, reader_for
+from asgi_identity.types import Message, Send
 
 BoundedCall = Callable[[Awaitable[Any]], Awaitable[Any]]
 

@@ -21,10 +21,10 @@ from opentelemetry import baggage, context, metrics, trace
 from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
 from opentelemetry.trace import Span, Status, StatusCode
 
-from . import audit
-from ._asgi import Scope
-from .errors import IdentityError
-from .identity import SCOPE_KEY, Identity
+from asgi_identity import audit
+from asgi_identity.errors import IdentityError
+from asgi_identity.identity import SCOPE_KEY, Identity
+from asgi_identity.types import Scope
 
 if TYPE_CHECKING:
     from opentelemetry.util.types import AttributeValue
@@ -113,7 +113,7 @@ _SCOPE_NAME: Final = "asgi_identity"
 
 
 def _version() -> str:
-    from . import __version__
+    from asgi_identity import __version__
 
     return __version__
 

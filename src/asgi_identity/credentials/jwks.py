@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from jwt.algorithms import Algorithm, get_default_algorithms
 from jwt.exceptions import PyJWTError
 
-from . import telemetry
+from asgi_identity import telemetry
 
 logger = logging.getLogger("asgi_identity.jwks")
 

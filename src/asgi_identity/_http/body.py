@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ._asgi import Message, Receive
+from asgi_identity.types import Message, Receive
 
 #: Bodies larger than this are not parsed by any layer; they still reach the app whole.
 DEFAULT_MAX_BODY = 1024 * 1024

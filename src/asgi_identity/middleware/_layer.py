@@ -6,9 +6,9 @@ import logging
 from collections.abc import Iterable
 from typing import Literal
 
-from . import telemetry
-from ._asgi import Receive, Scope, Send
-from .errors import ErrorRenderer, IdentityError, send_error
+from asgi_identity import telemetry
+from asgi_identity.errors import ErrorRenderer, IdentityError, send_error
+from asgi_identity.types import Receive, Scope, Send
 
 Mode = Literal["enforce", "observe"]
 MODES: frozenset[str] = frozenset({"enforce", "observe"})

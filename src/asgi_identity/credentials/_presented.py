@@ -11,10 +11,10 @@ import re
 from collections.abc import Iterable, Sequence
 from urllib.parse import quote
 
-from ._headers import Headers
-from .email import EmailAddress, parse_email
-from .errors import IdentityError
-from .identity import Identity
+from asgi_identity._http.headers import Headers
+from asgi_identity.credentials.email import EmailAddress, parse_email
+from asgi_identity.errors import IdentityError
+from asgi_identity.identity import Identity
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 

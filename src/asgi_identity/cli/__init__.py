@@ -24,8 +24,8 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
-from . import __version__
-from .apikeys import generate_api_key, hash_api_key
+from asgi_identity import __version__
+from asgi_identity.credentials.apikeys import generate_api_key, hash_api_key
 
 EXIT_OK = 0
 EXIT_INVALID = 1
@@ -341,7 +341,7 @@ def cmd_mint(args: argparse.Namespace, out: TextIO) -> int:
     else:
         algorithm = args.alg or "ES256"
         _check_asymmetric(algorithm)
-        from .testing import generate_private_key
+        from asgi_identity.testing import generate_private_key
 
         private_key = generate_private_key(algorithm)
         if args.key_out:
@@ -575,7 +575,7 @@ def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_audit_verify(args: argparse.Namespace, out: TextIO) -> int:
-    from .audit import verify_audit_file
+    from asgi_identity.audit import verify_audit_file
 
     # The key comes from the environment, so it never shows in the process list or history.
     secret = os.environ.get(args.key_env)

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 
 from opentelemetry import trace
 
-from ._asgi import Scope
+from asgi_identity.types import Scope
 
 try:
     import fcntl
@@ -35,7 +35,7 @@ except ImportError:  # pragma: no cover - not POSIX: no lock against a second wr
     _CAN_LOCK = False
 
 if TYPE_CHECKING:
-    from .identity import Identity
+    from asgi_identity.identity import Identity
 
 Outcome = Literal["allow", "deny", "observe"]
 Emit = Literal["otel", "logging", "none"]
@@ -643,7 +643,7 @@ def record_decision(
 def _telemetry_module() -> Any:
     global _telemetry
     if _telemetry is None:
-        from . import telemetry  # imported late: telemetry imports this module
+        from asgi_identity import telemetry  # imported late: telemetry imports this module
 
         _telemetry = telemetry
     return _telemetry

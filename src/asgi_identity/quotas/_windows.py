@@ -14,9 +14,9 @@ from urllib.parse import quote
 from limits import RateLimitItem, parse_many
 from limits.storage import MemoryStorage as InProcessStorage
 
-from ._asgi import Scope
-from ._body import JSONPairs, loads_pairs
-from .identity import Identity
+from asgi_identity._http.body import JSONPairs, loads_pairs
+from asgi_identity.identity import Identity
+from asgi_identity.types import Scope
 
 #: Spelled in a limit string (or an API key's override) for "no limit at all".
 UNLIMITED = "unlimited"

@@ -16,7 +16,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Final, Literal
 
-from .identity import Identity
+from asgi_identity.identity import Identity
 
 if sys.version_info >= (3, 11):
     import tomllib

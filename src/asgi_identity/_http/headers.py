@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ._asgi import Message, Scope, Send
+from asgi_identity.types import Message, Scope, Send
 
 Headers = list[tuple[bytes, bytes]]
 

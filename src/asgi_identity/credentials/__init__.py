@@ -1,0 +1,1 @@
+"""Everything IdentityMiddleware consults: JWT issuers and key sets, claim maps, API keys, email rules."""

@@ -1,0 +1,1 @@
+"""Limits, LLM token quotas and the readers of usage in responses."""

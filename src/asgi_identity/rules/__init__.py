@@ -1,0 +1,1 @@
+"""RoutePolicy's rule language and its compiled index."""
