@@ -324,7 +324,7 @@ async def test_websocket_with_api_key_is_accepted(served: Served) -> None:
     [
         ([], 401, "missing_credentials"),
         ([("X-API-Key", "sk-ai-wrong")], 401, "invalid_api_key"),
-        ([("X-API-Key", KEY), ("x_api_key", KEY)], 400, "ambiguous_credentials"),
+        ([("X-API-Key", KEY), ("X-API-Key", KEY)], 400, "ambiguous_credentials"),
     ],
 )
 async def test_websocket_refusal_is_the_http_error_response(

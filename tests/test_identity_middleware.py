@@ -185,12 +185,28 @@ async def test_api_key_in_bearer_and_x_api_key_is_ambiguous() -> None:
     assert (response.status, response.code) == (400, "ambiguous_credentials")
 
 
-async def test_two_api_key_headers_in_any_spelling_are_ambiguous() -> None:
+async def test_two_api_key_headers_in_any_case_are_ambiguous() -> None:
     response = await call(
         IdentityMiddleware(Recorder(), api_keys=[key_record()]),
-        [("x-api-key", KEY), ("X_API_KEY", KEY)],
+        [("x-api-key", KEY), ("X-API-KEY", KEY)],
     )
     assert (response.status, response.code) == (400, "ambiguous_credentials")
+
+
+async def test_an_underscore_twin_of_the_api_key_header_is_never_read_and_never_forwarded() -> None:
+    # Some proxies merge `X_API_KEY` into `X-API-Key`, others keep both: only the exact name is
+    # a credential, and its twin is stripped so nothing behind can read it either.
+    app = Recorder()
+    middleware = IdentityMiddleware(app, api_keys=[key_record()])
+    response = await call(middleware, [("X_API_KEY", KEY)])
+    assert (response.status, response.code) == (401, "missing_credentials")
+    assert (
+        await call(middleware, [("x-api-key", KEY), ("X_API_KEY", "sk-ai-other")])
+    ).status == 200
+    assert app.scope is not None
+    names = [name.lower() for name, _ in app.scope["headers"]]
+    assert b"x_api_key" not in names
+    assert app.identity.source == "api_key"
 
 
 async def test_custom_api_key_store_backs_the_lookup() -> None:

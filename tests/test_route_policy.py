@@ -89,7 +89,7 @@ TABLE = [
     ("free_user", "POST", "/v1/chat/completions", "gpt-3.5-turbo", "chat", 200),
     ("free_user", "POST", "/v1/chat/completions", "gpt-4o-mini", "premium-models", 403),
     ("free_user", "POST", "/v1/chat/completions", "GPT-4O", "premium-models", 403),
-    ("free_user", "POST", "/v1//chat/completions/", "o1-preview", "premium-models", 403),
+    ("free_user", "POST", "/v1/chat/completions/", "o1-preview", "premium-models", 403),
     ("pro_user", "POST", "/v1/chat/completions", "gpt-4o-mini", "premium-models-pro-tier", 200),
     ("pro_user", "POST", "/v1/responses", "o1", "premium-models-pro-tier", 200),
     ("pro_user", "POST", "/v1/embeddings", "gpt-4o", "premium-models", 403),
@@ -494,7 +494,40 @@ async def test_body_is_not_read_when_the_identity_already_rules_out_model_rules(
     assert reads == 0
 
 
-@pytest.mark.parametrize("body", [b"not json", b"[1, 2]", b'{"model": 42}', b""])
+@pytest.mark.parametrize(
+    "path", ["/v1//chat/completions", "/v1/./chat/completions", "/x/../v1/chat/completions"]
+)
+async def test_a_non_canonical_path_is_400_before_any_rule_is_read(
+    policy_file: Path, path: str
+) -> None:
+    # Rules match one canonical path; a path an upstream would read differently is refused.
+    recorder = Recorder()
+    app = with_identity(RoutePolicy(recorder, rules_file=policy_file), IDENTITIES["pro_user"])
+    scope = http_scope(path)
+    sent, reads = await drive(app, scope, [{"type": "http.request", "body": b"{}"}])
+    assert sent[0]["status"] == 400
+    assert json.loads(sent[1]["body"])["error"]["code"] == "invalid_request"
+    assert reads == 0
+    assert recorder.calls == 0
+
+
+@pytest.mark.parametrize(
+    "body", [b"not json", b'{"model": 42}', b'{"model": "a", "model": "gpt-4o"}', b"\xff{}"]
+)
+async def test_a_body_that_cannot_be_read_is_400_on_a_route_with_model_rules(body: bytes) -> None:
+    # Fail closed: a body the one parser cannot read is never "no model".
+    recorder = Recorder()
+    rules = [Rule(id="no-gpt-4o", effect="deny", models=["gpt-4o"])]
+    app = with_identity(
+        RoutePolicy(recorder, rules=rules, default="allow"), IDENTITIES["free_user"]
+    )
+    sent, _ = await drive(app, http_scope(), [{"type": "http.request", "body": body}])
+    assert sent[0]["status"] == 400
+    assert json.loads(sent[1]["body"])["error"]["code"] == "invalid_request"
+    assert recorder.calls == 0
+
+
+@pytest.mark.parametrize("body", [b"[1, 2]", b'{"messages": []}', b""])
 async def test_a_body_without_a_model_matches_no_model_rule(body: bytes) -> None:
     recorder = Recorder()
     rules = [Rule(id="no-gpt-4o", effect="deny", models=["*"])]

@@ -309,28 +309,50 @@ async def _post_raw(limiter: UserRateLimit, body: bytes, content_type: str) -> A
         )
 
 
-@pytest.mark.parametrize(
-    "body",
-    [
-        # Parsers disagree on which repeated key wins: the larger cap is the one reserved.
-        b'{"model": "m", "max_tokens": 10, "max_tokens": 5000}',
-        b'{"model": "m", "max_tokens": 5000, "max_tokens": 10}',
-        # JSON may spell a key with escapes; it is the same field to the upstream.
-        b'{"model": "m", "max\\u005ftokens": 5000}',
-        # So may a byte-order mark or UTF-16, which Python's json (and so many apps) accept.
-        b'\xef\xbb\xbf{"model": "m", "max_tokens": 5000}',
-        '{"model": "m", "max_tokens": 5000}'.encode("utf-16"),
-    ],
-)
-async def test_a_cap_written_in_any_spelling_is_reserved_up_front(
-    backend: Backend, body: bytes
-) -> None:
+async def test_a_cap_written_with_escapes_is_reserved_up_front(backend: Backend) -> None:
+    # JSON may spell a key with escapes; it is the same field to the upstream.
+    body = b'{"model": "m", "max\\u005ftokens": 5000}'
     limiter = quota(backend, tokens="1000/day", default_max_tokens=10)
     response = await _post_raw(limiter, body, "application/json")
     assert response.status_code == 429
     message = response.json()["error"]["message"]
     assert message.startswith(f"This request may use up to {5000 + len(body) // 4} tokens")
     assert await tokens_used(limiter) == 0
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        # Parsers disagree on which repeated key wins: no reading of it can be trusted.
+        b'{"model": "m", "max_tokens": 10, "max_tokens": 5000}',
+        b'{"model": "m", "max_tokens": 5000, "max_tokens": 10}',
+        # A byte-order mark or UTF-16, which Python's json (and so many apps) accept.
+        b'\xef\xbb\xbf{"model": "m", "max_tokens": 5000}',
+        '{"model": "m", "max_tokens": 5000}'.encode("utf-16"),
+        # A body that opens an object but is malformed, or another format altogether.
+        b'{"model": "m",',
+        b"model=m&max_tokens=5000",
+        b'{"model": "m", "max_tokens": "5000"}',
+        b'{"model": "m", "n": 0}',
+    ],
+)
+async def test_a_body_with_no_one_reading_is_400_on_a_metered_route(
+    backend: Backend, body: bytes
+) -> None:
+    limiter = quota(backend, tokens="1000/day", default_max_tokens=10)
+    response = await _post_raw(limiter, body, "application/json")
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_request"
+    assert await tokens_used(limiter) == 0
+
+
+async def test_the_reservation_covers_every_completion_asked_for(backend: Backend) -> None:
+    limiter = quota(backend, tokens="1000/day", default_max_tokens=10)
+    body = b'{"model": "m", "max_tokens": 300, "n": 2, "best_of": 4}'
+    response = await _post_raw(limiter, body, "application/json")
+    assert response.status_code == 429
+    message = response.json()["error"]["message"]
+    assert message.startswith(f"This request may use up to {300 * 4 + len(body) // 4} tokens")
 
 
 async def test_a_cap_mentioned_only_in_the_prompt_is_not_the_cap(backend: Backend) -> None:
@@ -353,14 +375,11 @@ async def test_only_json_object_bodies_are_metered(backend: Backend) -> None:
     # Each metered call would set aside at least the default 100: more than the quota.
     limiter = quota(backend, upload, tokens="50/day", default_max_tokens=100)
     for body, content_type in [
-        (b"a=1&b=2", "application/x-www-form-urlencoded"),
         (b"[1, 2, 3]", "application/json"),
         (b"", "application/json"),
     ]:
         assert (await _post_raw(limiter, body, content_type)).status_code == 200
     assert (await _post_raw(limiter, b'{"model": "m"}', "application/json")).status_code == 429
-    # A body that opens an object but is malformed is still a call to meter.
-    assert (await _post_raw(limiter, b'{"model": "m",', "application/json")).status_code == 429
     assert await tokens_used(limiter) == 0
 
 

@@ -59,10 +59,10 @@ def forwarded(seen_headers: list[tuple[bytes, bytes]]) -> dict[str, list[bytes]]
     [
         [("authorization", "Bearer a.b.c"), ("authorization", "Bearer d.e.f")],
         [("Authorization", "Bearer a.b.c"), ("authorization", "Bearer a.b.c")],
-        [("x-api-key", APP_KEY), ("X_API_KEY", APP_KEY)],
+        [("x-api-key", APP_KEY), ("X-API-KEY", APP_KEY)],
         [("x-api-key", APP_KEY), ("authorization", f"Bearer {BACKEND_KEY}")],
     ],
-    ids=["two-authorization", "case-variant", "underscore-variant", "key-in-both-places"],
+    ids=["two-authorization", "case-variant", "upper-case-twin", "key-in-both-places"],
 )
 async def test_a_credential_sent_twice_is_400(
     gateway: Gateway, headers: list[tuple[str, str]]
@@ -73,8 +73,22 @@ async def test_a_credential_sent_twice_is_400(
 
 
 async def test_two_email_headers_from_a_trusted_peer_are_400(gateway: Gateway) -> None:
-    headers = [("x-user-email", "alice@acme.com"), ("X_User_Email", "mallory@acme.com")]
+    headers = [("x-user-email", "alice@acme.com"), ("X-User-Email", "mallory@acme.com")]
     await gateway.refused(headers, 400, "ambiguous_credentials", client=INSIDE)
+
+
+@pytest.mark.parametrize("twin", ["X_User_Email", "x_user_email", "X-USER_EMAIL", "x-user_email"])
+async def test_an_underscore_twin_of_the_email_header_is_never_read(
+    gateway: Gateway, twin: str
+) -> None:
+    # Identity headers are read in their exact spelling only; a twin is stripped, never read,
+    # so a proxy that merges `_` into `-` cannot be made to carry a second address.
+    seen = await gateway.accepted(
+        [("x-user-email", "alice@acme.com"), (twin, "mallory@acme.com")], client=INSIDE
+    )
+    assert seen.identity.email == "alice@acme.com"
+    assert seen.header(twin) == []
+    await gateway.refused([(twin, "mallory@acme.com")], 401, "missing_credentials", client=INSIDE)
 
 
 async def test_invalid_jwt_with_a_valid_api_key_is_401_not_a_fallback(

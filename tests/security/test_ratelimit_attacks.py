@@ -174,7 +174,8 @@ async def test_under_declared_max_tokens_is_settled_from_real_usage(
         {"prompt_tokens": -1_000_000, "completion_tokens": -1_000_000},
         {"prompt_tokens": "999", "completion_tokens": True},
         {"prompt_tokens": 1e30, "completion_tokens": 0.5},
-        {"prompt_tokens": 2**70},
+        # As large as the one body parser lets through (longer numbers are a 400 on the way in).
+        {"prompt_tokens": 2**62},
     ],
     ids=["negative", "wrong-types", "floats", "huge"],
 )

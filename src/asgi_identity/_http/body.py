@@ -1,122 +1,224 @@
-"""Bounded reads of a request body that replay it, untouched, to the app."""
+"""The one body reader: read at most once, bounded, replayed chunk for chunk, parsed by one parser.
+
+Every layer that needs the body (RoutePolicy's model rules, UserRateLimit's token quota, MCP's
+JSON-RPC fields) asks the request view, which reads it here once and keeps what the layers need.
+"""
 
 from __future__ import annotations
 
 import json
-from typing import Any
+import re
+from typing import Any, Final
 
 from asgi_identity.types import Message, Receive
 
 #: Bodies larger than this are not parsed by any layer; they still reach the app whole.
-DEFAULT_MAX_BODY = 1024 * 1024
+DEFAULT_MAX_BODY: Final = 1024 * 1024
+#: Deepest nesting of objects and arrays a body may have.
+MAX_DEPTH: Final = 64
+#: Longest integer (digits and sign) and float literal a body may hold: no parser disagreement
+#: about precision, and nothing a 64-bit counter cannot store.
+MAX_INT_CHARS: Final = 20
+MAX_FLOAT_CHARS: Final = 40
 
-#: What peek_json() returns for a JSON body that repeats a key in one object: parsers disagree on
-#: which value wins (Python keeps the last, others the first), so a layer that judged one value
-#: could be bypassed by an upstream that reads the other. Layers refuse such a body.
-AMBIGUOUS: Any = type("AmbiguousJSON", (), {"__repr__": lambda self: "AMBIGUOUS"})()
-
-
-class _DuplicateKey(ValueError):
-    pass
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj = dict(pairs)
-    if len(obj) != len(pairs):
-        raise _DuplicateKey
-    return obj
+OUTPUT_CAP_FIELDS: Final = ("max_completion_tokens", "max_tokens", "max_output_tokens")
 
 
-class JSONPairs(list[tuple[str, Any]]):
-    """A JSON object as its (key, value) pairs in order, repeated keys kept (`loads_pairs`)."""
+class BodyError(ValueError):
+    """The body cannot be given one meaning (400) or is larger than a layer may read (413)."""
 
+    def __init__(self, message: str, *, too_large: bool = False) -> None:
+        super().__init__(message)
+        self.too_large = too_large
+
+
+class _Pairs(list[tuple[str, Any]]):
     __slots__ = ()
 
 
-# Building a list per object in C is cheaper than a Python hook that builds and checks a dict.
-_pairs_decoder = json.JSONDecoder(object_pairs_hook=JSONPairs)
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        # Parsers disagree on which value wins (Python keeps the last, others the first): a
+        # layer that judged one could be bypassed by an upstream that reads the other.
+        raise BodyError("The request body repeats a key in one JSON object; send each key once.")
+    return obj
 
 
-def loads_pairs(body: bytes) -> Any:
-    """Parse `body` as JSON with every object as JSONPairs; None when it is not JSON."""
+def _int(text: str) -> int:
+    if len(text) > MAX_INT_CHARS:
+        raise BodyError("The request body holds an integer too large to count with.")
+    return int(text)
+
+
+def _float(text: str) -> float:
+    value = float(text)
+    if len(text) > MAX_FLOAT_CHARS or value in (float("inf"), float("-inf")):
+        raise BodyError("The request body holds a number too large to count with.")
+    return value
+
+
+def _constant(text: str) -> Any:
+    raise BodyError(f"The request body is not JSON ({text} is not a JSON value).")
+
+
+_decoder: Final = json.JSONDecoder(
+    object_pairs_hook=_object, parse_int=_int, parse_float=_float, parse_constant=_constant
+)
+# A `\uD800`-`\uDFFF` escape: the only way a lone surrogate (text no UTF-8 encoder takes) gets in.
+_SURROGATE_ESCAPE: Final = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _depth(value: Any) -> int:
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            item = item.values()
+        elif not isinstance(item, list):
+            continue
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in item)
+    return deepest
+
+
+def parse_json(body: bytes) -> Any:
+    """`body` as JSON under the one rule set, or BodyError: strict UTF-8 (no BOM, no lone
+    surrogate), no repeated key in any object, bounded depth and number size, no NaN/Infinity."""
+    if body.startswith(b"\xef\xbb\xbf"):
+        raise BodyError("The request body starts with a byte-order mark; send plain UTF-8 JSON.")
     try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BodyError("The request body is not valid UTF-8.") from None
+    try:
+        value = _decoder.decode(text)
+    except RecursionError:
+        raise BodyError(f"The request body nests deeper than {MAX_DEPTH} levels.") from None
+    except ValueError as error:
+        if isinstance(error, BodyError):
+            raise
+        raise BodyError("The request body is not valid JSON.") from None
+    # Depth can only exceed the bound when there are that many brackets at all: a C count first.
+    if body.count(b"{") + body.count(b"[") > MAX_DEPTH and _depth(value) > MAX_DEPTH:
+        raise BodyError(f"The request body nests deeper than {MAX_DEPTH} levels.")
+    if _SURROGATE_ESCAPE.search(body):
         try:
-            return _pairs_decoder.decode(body.decode("utf-8"))
-        except (ValueError, RecursionError):
-            # json.loads() also takes UTF-16/32 and a UTF-8 BOM: the slow path decides those.
-            return json.loads(body, object_pairs_hook=JSONPairs)
-    except (ValueError, RecursionError):
-        return None
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise BodyError("The request body holds an unpaired UTF-16 surrogate.") from None
+    return value
 
 
-def _replayer(messages: list[Message], receive: Receive) -> Receive:
-    if len(messages) == 1:
-        # The usual case, a body in one message: no list to shift.
-        first: Message | None = messages[0]
-
-        async def replay_one() -> Message:
-            nonlocal first
-            if first is not None:
-                message, first = first, None
-                return message
-            return await receive()
-
-        return replay_one
-
-    pending = messages
-
-    async def replay() -> Message:
-        if pending:
-            return pending.pop(0)
-        return await receive()
-
-    return replay
+def _count(value: Any) -> int | None:
+    return value if type(value) is int else None
 
 
-async def peek_body(
-    receive: Receive, limit: int = DEFAULT_MAX_BODY
-) -> tuple[bytes | None, int, Receive]:
-    """Read up to `limit` bytes of an HTTP request body without consuming it.
+class BodyFields:
+    """What the layers need from a request body, extracted once.
 
-    Returns (the whole body; None when it is larger than `limit` or the client went away), the
-    number of body bytes read, and a `receive` that gives the app every message exactly as it came.
+    `valid` is False when a field a layer may judge is present with the wrong type (a `model`
+    that is not a string, a cap or `n` that is not an integer): such a body is refused by any
+    layer that needs the field, never read as "no model".
     """
-    messages: list[Message] = []
-    size = 0
-    complete = False
-    while size <= limit:
-        message = await receive()
-        messages.append(message)
-        if message["type"] != "http.request":
-            break
-        size += len(message.get("body", b""))
-        if not message.get("more_body", False):
-            complete = True
-            break
 
-    body: bytes | None = None
-    if complete and size <= limit:
+    __slots__ = (
+        "best_of",
+        "include_usage",
+        "is_object",
+        "model",
+        "n",
+        "output_cap",
+        "problem",
+        "rpc_id",
+        "rpc_method",
+        "rpc_name",
+        "rpc_uri",
+        "stream",
+    )
+
+    def __init__(self, document: Any = None) -> None:
+        self.problem: str | None = None
+        self.is_object = isinstance(document, dict)
+        doc: dict[str, Any] = document if self.is_object else {}
+        model = doc.get("model")
+        self.model: str | None = model if isinstance(model, str) else None
+        if model is not None and self.model is None:
+            self.problem = "The request body's model must be a string."
+        caps = [doc[name] for name in OUTPUT_CAP_FIELDS if name in doc]
+        counted = [_count(cap) for cap in caps]
+        if None in counted or any(c is not None and c < 0 for c in counted):
+            self.problem = "The request body's output token cap must be a non-negative integer."
+        # Several cap fields: the upstream may honour any of them, so the largest counts.
+        self.output_cap: int | None = max((c for c in counted if c is not None), default=None)
+        self.n = self._multiplier(doc, "n")
+        self.best_of = self._multiplier(doc, "best_of")
+        self.stream = doc.get("stream") is True
+        options = doc.get("stream_options")
+        self.include_usage = isinstance(options, dict) and options.get("include_usage") is True
+        method = doc.get("method")
+        self.rpc_method: str | None = method if isinstance(method, str) else None
+        rpc_id = doc.get("id")
+        self.rpc_id: str | int | None = rpc_id if isinstance(rpc_id, str | int) else None
+        params = doc.get("params")
+        params = params if isinstance(params, dict) else {}
+        name, uri = params.get("name"), params.get("uri")
+        self.rpc_name: str | None = name if isinstance(name, str) else None
+        self.rpc_uri: str | None = uri if isinstance(uri, str) else None
+
+    def _multiplier(self, doc: dict[str, Any], field: str) -> int | None:
+        if field not in doc or doc[field] is None:
+            return None
+        value = _count(doc[field])
+        if value is None or value < 1:
+            self.problem = f"The request body's {field} must be a positive integer."
+            return None
+        return value
+
+
+NO_BODY: Final = BodyFields()
+
+
+class BufferedBody:
+    """The messages of one request body as they came, replayed to the app by `receive`.
+
+    Reading stops at a limit; a later reader with a higher limit goes on where the first stopped
+    (the app has not consumed anything yet: every layer reads before calling the app).
+    """
+
+    __slots__ = ("_messages", "_next", "_upstream", "complete", "size")
+
+    def __init__(self, upstream: Receive) -> None:
+        self._upstream = upstream
+        self._messages: list[Message] = []
+        self._next = 0
+        self.size = 0
+        self.complete = False  # the last body message was read (or the client went away)
+
+    async def read(self, limit: int) -> bytes | None:
+        """The whole body, or None when it is larger than `limit` (or the client went away)."""
+        messages = self._messages
+        while not self.complete and self.size <= limit:
+            message = await self._upstream()
+            messages.append(message)
+            if message["type"] != "http.request":
+                self.complete = True  # a disconnect: there is no whole body to judge
+                return None
+            self.size += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                self.complete = True
+        if self.size > limit or not self.complete:
+            return None
+        if messages and messages[-1]["type"] != "http.request":
+            return None
         if len(messages) == 1:
-            body = messages[0].get("body", b"")
-        else:
-            body = b"".join(m.get("body", b"") for m in messages)
-    return body, size, _replayer(messages, receive)
+            body: bytes = messages[0].get("body", b"")
+            return body
+        return b"".join(m.get("body", b"") for m in messages)
 
-
-async def peek_json(receive: Receive, limit: int = DEFAULT_MAX_BODY) -> tuple[Any, Receive]:
-    """Read up to `limit` bytes of an HTTP request body and parse it as JSON.
-
-    Returns (the parsed value; None when the body is larger than `limit`, not JSON, or the
-    client went away; AMBIGUOUS when an object repeats a key) and a `receive` that gives the app
-    every message exactly as it came.
-    """
-    body, _, replay = await peek_body(receive, limit)
-    parsed: Any = None
-    if body:
-        try:
-            parsed = json.loads(body, object_pairs_hook=_unique_keys)
-        except _DuplicateKey:
-            parsed = AMBIGUOUS
-        except (ValueError, RecursionError):
-            parsed = None
-    return parsed, replay
+    async def receive(self) -> Message:
+        if self._next < len(self._messages):
+            message = self._messages[self._next]
+            self._next += 1
+            return message
+        return await self._upstream()

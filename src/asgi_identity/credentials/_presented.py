@@ -98,6 +98,7 @@ class Presented:
     __slots__ = (
         "api_keys",
         "bearer_is_key",
+        "conversations",
         "cookie_tokens",
         "dropped",
         "emails",
@@ -117,13 +118,14 @@ class Presented:
         self.emails: tuple[bytes, ...] = ()
         self.groups: tuple[bytes, ...] = ()
         self.cookie_tokens: tuple[bytes, ...] = ()
+        self.conversations: tuple[bytes, ...] = ()
         #: The request's headers as received, and whether any of them must not reach the app.
         self.headers = headers
         self.dropped = False
 
 
 # What a header is to HeaderReader, decided once per distinct header name.
-_KEEP, _DROP, _TOKEN, _API_KEY, _EMAIL, _GROUP, _COOKIE = range(7)
+_KEEP, _DROP, _TOKEN, _API_KEY, _EMAIL, _GROUP, _COOKIE, _CONVERSATION = range(8)
 # Header names remembered with their kind; beyond this many, a name is worked out each time, so
 # a client sending endless made-up names cannot grow the memory.
 _MAX_REMEMBERED_NAMES = 512
@@ -149,6 +151,7 @@ class HeaderReader:
         email_header: bytes,
         group_header: bytes | None,
         token_cookie: bytes | None,
+        conversation_header: bytes | None = None,
         prefix: bytes,
         sanitize: bool,
         max_bytes: int,
@@ -166,6 +169,8 @@ class HeaderReader:
         if api_key_header is not None:
             kinds[api_key_header] = _API_KEY
         kinds[token_header] = _TOKEN
+        if conversation_header is not None:
+            kinds[conversation_header] = _CONVERSATION
         self._kinds = kinds
         # Identity assertions never reach the app as sent (it reads the verified identity), nor
         # anything with the forwarding prefix; API keys neither when sanitizing.
@@ -178,14 +183,14 @@ class HeaderReader:
         kind = self._names.get(raw_name)
         if kind is not None:
             return kind
-        # ASGI servers send names in lower case; any other spelling is normalized first.
-        name = raw_name
-        if b"_" in name or not name.islower():
-            name = name.lower().replace(b"_", b"-")
+        # Identity headers are read only in their exact spelling (ASGI servers send names in
+        # lower case). A twin spelled with `_` is what some proxies merge into the real one, so
+        # it is stripped and never read; so is anything with the forwarding prefix.
+        name = raw_name.lower()
         kind = self._kinds.get(name)
         if kind is None:
-            # A spoofed forwarded identity header, in any spelling, is dropped.
-            kind = _DROP if name.startswith(self._prefix) else _KEEP
+            twin = name.replace(b"_", b"-")
+            kind = _DROP if twin in self._kinds or twin.startswith(self._prefix) else _KEEP
         if len(self._names) < _MAX_REMEMBERED_NAMES:
             self._names[raw_name] = kind
         return kind
@@ -215,6 +220,8 @@ class HeaderReader:
                 found.groups += (value,)
             elif kind == _COOKIE:  # read for the token cookie and kept for the app
                 found.cookie_tokens += self._read_cookie(value)
+            elif kind == _CONVERSATION:  # kept for the app
+                found.conversations += (value,)
         return found
 
     def unread(self, headers: Iterable[tuple[bytes, bytes]]) -> Presented:

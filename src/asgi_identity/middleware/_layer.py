@@ -7,6 +7,8 @@ from collections.abc import Iterable
 from typing import Literal
 
 from asgi_identity import telemetry
+from asgi_identity._http.target import PATH_POLICIES, PathPolicy, TargetRefused
+from asgi_identity._http.view import SCOPE_KEY, RequestView
 from asgi_identity.errors import ErrorRenderer, IdentityError, send_error
 from asgi_identity.types import Receive, Scope, Send
 
@@ -24,7 +26,16 @@ class LayerPolicy:
     `allow_preflight` is False.
     """
 
-    __slots__ = ("_exact", "_excludes", "_prefixes", "allow_preflight", "layer", "mode", "renderer")
+    __slots__ = (
+        "_exact",
+        "_excludes",
+        "_prefixes",
+        "allow_preflight",
+        "layer",
+        "mode",
+        "path_policy",
+        "renderer",
+    )
 
     def __init__(
         self,
@@ -34,6 +45,7 @@ class LayerPolicy:
         exclude_paths: Iterable[str] = (),
         allow_preflight: bool = True,
         renderer: ErrorRenderer | None = None,
+        path_policy: str = "refuse",
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"{layer}: mode must be 'enforce' or 'observe', not {mode!r}")
@@ -43,6 +55,11 @@ class LayerPolicy:
         for path in paths:
             if not path.startswith("/"):
                 raise ValueError(f"{layer}: excluded path {path!r} must start with '/'")
+        if path_policy not in PATH_POLICIES:
+            raise ValueError(
+                f"{layer}: path_policy must be 'refuse' or 'normalize', not {path_policy!r}"
+            )
+        self.path_policy: PathPolicy = "normalize" if path_policy == "normalize" else "refuse"
         self.layer = layer
         self.mode: Mode = "observe" if mode == "observe" else "enforce"
         self.renderer = renderer
@@ -51,15 +68,32 @@ class LayerPolicy:
         self._prefixes = tuple(p for p in paths if p.endswith("/"))
         self._excludes = bool(paths)
 
-    def skips(self, scope: Scope) -> bool:
+    async def view(self, scope: Scope, receive: Receive, send: Send) -> RequestView | None:
+        """The request's one view (made by the outermost layer, or here); None when this layer
+        refused the request because its path or method cannot be given one meaning."""
+        view: RequestView | None = scope.get(SCOPE_KEY)
+        if view is not None and view.scope is scope:
+            return view
+        try:
+            return RequestView.of(scope, self.path_policy)
+        except TargetRefused as refused:
+            error = IdentityError("invalid_request", str(refused), detail="non-canonical target")
+            if await self.refuse(error, scope, receive, send):
+                return None
+            # Observe mode: the request goes on as sent; every later layer reads it the same way.
+            view = scope[SCOPE_KEY] = RequestView(scope)
+            return view
+
+    def skips(self, view: RequestView) -> bool:
         """True when this request is not this layer's business (excluded path or CORS preflight)."""
         # Every request asks every layer: without excluded paths only the method is looked at.
         if self._excludes:
-            path: str = scope.get("path", "")
+            path = view.path
             if path in self._exact or (self._prefixes and path.startswith(self._prefixes)):
                 return True
-        if self.allow_preflight and scope.get("method") == "OPTIONS":
-            return any(name == b"access-control-request-method" for name, _ in scope["headers"])
+        if self.allow_preflight and view.method == "OPTIONS":
+            view.read_headers()
+            return view.preflight
         return False
 
     async def refuse(

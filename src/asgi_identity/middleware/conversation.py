@@ -6,11 +6,11 @@ import re
 from collections.abc import Iterable
 
 from asgi_identity import telemetry
-from asgi_identity._http.headers import DuplicateHeader, single_header
+from asgi_identity._http.view import RequestView
 from asgi_identity.errors import ErrorRenderer, IdentityError
 from asgi_identity.identity import Identity, require_identity, set_identity
 from asgi_identity.middleware._layer import LayerPolicy
-from asgi_identity.types import ASGIApp, Message, Receive, Scope, Send
+from asgi_identity.types import ASGIApp, Receive, Scope, Send
 
 # Safe in a header, a log line, a metric label and a URL path segment, without escaping.
 _SAFE_ID = re.compile(rb"[A-Za-z0-9._:-]+")
@@ -18,7 +18,39 @@ _HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
 MAX_CONVERSATION_ID_LENGTH = 1024
 # Identities tagged lately, by (identity, conversation id); emptied when full.
 _TAGGED_CACHE_SIZE = 4096
-_ECHO_AT = frozenset({"http.response.start", "websocket.accept"})
+
+
+def well_formed(value: bytes, max_length: int = MAX_CONVERSATION_ID_LENGTH) -> bool:
+    return len(value) <= max_length and _SAFE_ID.fullmatch(value) is not None
+
+
+class ConversationTags:
+    """Identities with their conversation id, made once per (identity, id) and shared.
+
+    A conversation's turns come with the same identity object (the verifier's cache) and the
+    same id; identities are immutable, so the tagged copy can be reused. Emptied when full.
+    """
+
+    __slots__ = ("_tagged",)
+
+    def __init__(self) -> None:
+        self._tagged: dict[tuple[int, bytes], tuple[Identity, Identity]] = {}
+
+    def tag(self, identity: Identity, values: tuple[bytes, ...]) -> Identity:
+        """`identity` with the request's one well-formed conversation id, if it has one."""
+        if len(values) != 1 or not well_formed(values[0]):
+            return identity  # ConversationTagger, if present, says what is wrong with it
+        value = values[0]
+        key = (id(identity), value)
+        hit = self._tagged.get(key)
+        # The entry holds the identity itself, so its id cannot be reused while cached.
+        if hit is not None and hit[0] is identity:
+            return hit[1]
+        tagged = identity.replace(conversation_id=value.decode("ascii"))
+        if len(self._tagged) >= _TAGGED_CACHE_SIZE:
+            self._tagged.clear()
+        self._tagged[key] = (identity, tagged)
+        return tagged
 
 
 class ConversationTagger:
@@ -33,7 +65,7 @@ class ConversationTagger:
         "_header",
         "_malformed",
         "_missing",
-        "_tagged",
+        "_tags",
         "app",
         "echo",
         "max_length",
@@ -87,66 +119,47 @@ class ConversationTagger:
             f"The {name} header must be 1 to {max_length} characters from A-Z, a-z, 0-9, "
             "'.', '_', ':' and '-'.",
         )
-        self._tagged: dict[tuple[int, bytes], tuple[Identity, Identity]] = {}
+        self._tags = ConversationTags()
 
-    def _tag(self, identity: Identity, value: bytes) -> Identity:
-        # A conversation's turns come with the same identity object (the verifier's cache) and
-        # the same id: the tagged copy is made once and shared (identities are immutable).
-        key = (id(identity), value)
-        hit = self._tagged.get(key)
-        # The entry holds the identity itself, so its id cannot be reused while cached.
-        if hit is not None and hit[0] is identity:
-            return hit[1]
-        tagged = identity.replace(conversation_id=value.decode("ascii"))
-        if len(self._tagged) >= _TAGGED_CACHE_SIZE:
-            self._tagged.clear()
-        self._tagged[key] = (identity, tagged)
-        return tagged
-
-    def _read(self, scope: Scope) -> bytes | IdentityError | None:
-        try:
-            value = single_header(scope, self._header)
-        except DuplicateHeader:
+    def _read(self, view: RequestView) -> bytes | IdentityError | None:
+        if view.conversation_header == self._header:
+            values = view.conversation_ids  # read in IdentityMiddleware's one pass
+        else:
+            # IdentityMiddleware reads another header (or none): a pass of our own.
+            headers: list[tuple[bytes, bytes]] = view.scope["headers"]
+            values = tuple(v for k, v in headers if k.lower() == self._header)
+        if len(values) > 1:
             return self._duplicate
-        if value is None:
+        if not values:
             return self._missing if self.required else None
-        if len(value) > self.max_length or not _SAFE_ID.fullmatch(value):
+        if not well_formed(values[0], self.max_length):
             return self._malformed
-        return value
+        return values[0]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket") or self.policy.skips(scope):
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        view = await self.policy.view(scope, receive, send)
+        if view is None:
+            return
+        if self.policy.skips(view):
             await self.app(scope, receive, send)
             return
         identity = require_identity(scope, "ConversationTagger")
-        value = self._read(scope)
+        value = self._read(view)
         if isinstance(value, IdentityError):
             if await self.policy.refuse(value, scope, receive, send):
                 return
             value = None
         if value is not None:
-            set_identity(scope, self._tag(identity, value))
+            if identity.conversation_id is None:
+                # IdentityMiddleware reads another header: tagged here, later than the records
+                # of the outer layers (docs/conversations.md says to configure both alike).
+                set_identity(scope, self._tags.tag(identity, (value,)))
             telemetry.on_conversation(scope, value.decode("ascii"))
             if self.echo:
-                send = _with_echo(send, (self._header, value))
+                responder = view.responder
+                send = responder.wrap(send)
+                responder.headers.append((self._header, value))
         await self.app(scope, receive, send)
-
-
-def _with_echo(send: Send, header: tuple[bytes, bytes]) -> Send:
-    # Only the message that starts the response (or accepts the WebSocket) carries headers, so
-    # streamed bodies and frames pass untouched.
-    name = header[0]
-
-    async def send_with_id(message: Message) -> None:
-        if message["type"] in _ECHO_AT:
-            headers = message.get("headers", ())
-            # An app that sets the header itself keeps its own value. A new list: the app's may
-            # be one it sends again (a Response object reused across requests).
-            for key, _ in headers:
-                if key.lower() == name:
-                    break
-            else:
-                message["headers"] = [*headers, header]
-        await send(message)
-
-    return send_with_id

@@ -58,7 +58,13 @@ class EnforceIdentity:
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket") or self.policy.skips(scope):
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        view = await self.policy.view(scope, receive, send)
+        if view is None:
+            return
+        if self.policy.skips(view):
             await self.app(scope, receive, send)
             return
         identity = require_identity(scope, "EnforceIdentity")

@@ -29,6 +29,7 @@ from asgi_identity.credentials.tokens import JWTIssuer, TokenVerifier, looks_lik
 from asgi_identity.errors import ErrorRenderer, IdentityError
 from asgi_identity.identity import Identity, set_identity
 from asgi_identity.middleware._layer import LayerPolicy
+from asgi_identity.middleware.conversation import ConversationTags
 from asgi_identity.types import ASGIApp, Message, Receive, Scope, Send
 
 logger = logging.getLogger("asgi_identity")
@@ -71,6 +72,8 @@ class IdentityMiddleware:
         exclude_paths: Iterable[str] = (),
         allow_preflight: bool = True,
         renderer: ErrorRenderer | None = None,
+        path_policy: str = "refuse",
+        conversation_header: str | None = "x-conversation-id",
     ) -> None:
         if not callable(app):
             raise TypeError("IdentityMiddleware: app must be an ASGI application")
@@ -81,6 +84,7 @@ class IdentityMiddleware:
             exclude_paths=exclude_paths,
             allow_preflight=allow_preflight,
             renderer=renderer,
+            path_policy=path_policy,
         )
         if isinstance(api_keys, APIKey):
             raise TypeError("IdentityMiddleware: api_keys must be a list of APIKey, not one")
@@ -117,11 +121,17 @@ class IdentityMiddleware:
         email = header_name("email_header", email_header)
         group = header_name("group_header", group_header) if group_header is not None else None
         api_key = header_name("api_key_header", api_key_header)
-        names = [self._token_header, email, api_key] + ([group] if group else [])
+        conversation = (
+            header_name("conversation_header", conversation_header)
+            if conversation_header is not None
+            else None
+        )
+        self._conversation_header = conversation
+        names = [self._token_header, email, api_key] + [h for h in (group, conversation) if h]
         if len(set(names)) != len(names):
             raise ValueError(
-                "IdentityMiddleware: token_header, api_key_header, email_header and group_header "
-                "must be different headers"
+                "IdentityMiddleware: token_header, api_key_header, email_header, group_header "
+                "and conversation_header must be different headers"
             )
         if self._token_header.startswith(prefix) or api_key.startswith(prefix):
             raise ValueError(
@@ -137,6 +147,7 @@ class IdentityMiddleware:
             email_header=email,
             group_header=group,
             token_cookie=cookie_name(token_cookie) if token_cookie is not None else None,
+            conversation_header=conversation,
             prefix=prefix,
             sanitize=self._sanitize,
             max_bytes=max_header_bytes,
@@ -148,6 +159,7 @@ class IdentityMiddleware:
         ] = {}
         self._forward_cache: dict[int, tuple[Identity, list[tuple[bytes, bytes]]]] = {}
         self._forward_by_value: dict[tuple[object, ...], list[tuple[bytes, bytes]]] = {}
+        self._conversations = ConversationTags()
 
     # -- configuration -------------------------------------------------------------------------
 
@@ -221,13 +233,18 @@ class IdentityMiddleware:
                 await self.app(scope, receive, send)
             return
 
+        view = await self._policy.view(scope, receive, send)
+        if view is None:
+            return
         presented: Presented | None = None
-        if self._policy.skips(scope):
+        if self._policy.skips(view):
             presented = self._reader.unread(scope["headers"])
             identity = self._anonymous
         else:
             try:
                 presented = self._reader.read(scope["headers"])
+                view.conversation_header = self._conversation_header
+                view.conversation_ids = presented.conversations
                 identity = await self._identify(scope, presented)
             except IdentityError as error:
                 if await self._policy.refuse(error, scope, receive, send):
@@ -238,6 +255,9 @@ class IdentityMiddleware:
                     presented = self._reader.unread(scope["headers"])
                 identity = self._anonymous
             else:
+                # The identity is final before any decision is recorded: every audit record and
+                # span of the request carries its conversation.
+                identity = self._conversations.tag(identity, presented.conversations)
                 telemetry.on_identity(scope, identity)
 
         headers = self._reader.kept(presented)

@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Final, NamedTuple
 
 from asgi_identity import audit
-from asgi_identity._http.body import AMBIGUOUS, DEFAULT_MAX_BODY, peek_json
+from asgi_identity._http.body import DEFAULT_MAX_BODY, NO_BODY, BodyError, BodyFields
+from asgi_identity._http.target import canonical_path
 from asgi_identity.errors import ErrorRenderer, IdentityError
 from asgi_identity.identity import Identity, require_identity
 from asgi_identity.middleware._layer import LayerPolicy
@@ -19,13 +20,13 @@ from asgi_identity.rules._compiled import (
     Rule,
     load_policy_file,
 )
-from asgi_identity.types import ASGIApp, Message, Receive, Scope, Send
+from asgi_identity.types import ASGIApp, Receive, Scope, Send
 
 __all__ = ["PolicyDecision", "PolicyFileError", "RoutePolicy", "Rule"]
 
 LAYER: Final = "RoutePolicy"
-# Stands for "the body names its model twice": never equal to a model a client can send.
-_AMBIGUOUS_MODEL: Final = "\x00ambiguous"
+# What a body that cannot be read counts as in observe mode: no model at all.
+NO_MODEL: Final = NO_BODY
 
 
 class PolicyDecision(NamedTuple):
@@ -42,9 +43,9 @@ class RoutePolicy:
 
     __slots__ = (
         "_allow_details",
-        "_ambiguous",
         "_default_allow",
         "_default_error",
+        "_detail",
         "_errors",
         "_too_large",
         "app",
@@ -133,37 +134,38 @@ class RoutePolicy:
             detail=f"body over max_body={max_body} on a route with model rules{suffix}",
         )
 
-        self._ambiguous = IdentityError(
-            "invalid_request",
-            "The request body repeats a key in one JSON object; send each key once.",
-            detail=f"duplicate JSON key in a body on a route with model rules{suffix}",
-        )
+        self._detail = f"unreadable body on a route with model rules{suffix}"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket") or self.policy.skips(scope):
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        view = await self.policy.view(scope, receive, send)
+        if view is None:
+            return
+        if self.policy.skips(view):
             await self.app(scope, receive, send)
             return
         identity = require_identity(scope, LAYER)
-        method = scope["method"] if scope["type"] == "http" else "WEBSOCKET"
         decided: CompiledRule | None = None
-        model_read = False
-        model: str | None = None
-        for rule in self.rules.matching(identity, method, scope["path"]):
+        fields: BodyFields | None = None
+        for rule in self.rules.matching(identity, view.method, view.path):
             if rule.model_patterns is not None:
-                if not model_read:
-                    model_read = True
-                    if scope["type"] == "http":
-                        model, receive, too_large = await self._read_model(scope, receive)
-                        # In observe mode an unreadable model is unknown: no model rule matches.
-                        if too_large and await self.policy.refuse(
-                            self._too_large, scope, receive, send
-                        ):
+                if fields is None:
+                    read, receive = await view.fields(receive, self.max_body)
+                    if isinstance(read, BodyError):
+                        # Fail closed: a body that cannot be read is never "no model". In
+                        # observe mode the model is unknown, so no model rule matches.
+                        if await self.policy.refuse(self._body_error(read), scope, receive, send):
                             return
-                        if model is _AMBIGUOUS_MODEL:
-                            if await self.policy.refuse(self._ambiguous, scope, receive, send):
-                                return
-                            model = None
-                if not rule.matches_model(model):
+                        read = NO_MODEL
+                    elif read.problem is not None:
+                        error = IdentityError("invalid_request", read.problem, detail=self._detail)
+                        if await self.policy.refuse(error, scope, receive, send):
+                            return
+                        read = NO_MODEL
+                    fields = read
+                if not rule.matches_model(fields.model):
                     continue
             decided = rule
             break
@@ -181,41 +183,20 @@ class RoutePolicy:
             return
         await self.app(scope, receive, send)
 
-    async def _read_model(self, scope: Scope, receive: Receive) -> tuple[str | None, Receive, bool]:
-        """The `model` of an OpenAI-style JSON body, a receive that replays it, and whether the
-        body was too large to look at."""
-        for name, value in scope["headers"]:
-            if name == b"content-length":
-                try:
-                    declared = int(value)
-                except ValueError:
-                    declared = 0
-                if declared > self.max_body:
-                    return None, receive, True
-                break
-
-        seen = 0
-
-        async def counting() -> Message:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-            return message
-
-        body, replay = await peek_json(counting, self.max_body)
-        if seen > self.max_body:
-            return None, replay, True
-        if body is AMBIGUOUS:
-            return _AMBIGUOUS_MODEL, replay, False
-        model = body.get("model") if isinstance(body, dict) else None
-        return (model if isinstance(model, str) else None), replay, False
+    def _body_error(self, error: BodyError) -> IdentityError:
+        if error.too_large:
+            return self._too_large
+        return IdentityError("invalid_request", str(error), detail=self._detail)
 
     def decide(
         self, identity: Identity, method: str, path: str, model: str | None = None
     ) -> PolicyDecision:
-        """What the policy decides for a request, without sending one (for tests and tooling)."""
-        for rule in self.rules.matching(identity, method.upper(), path):
+        """What the policy decides for a request, without sending one (for tests and tooling).
+
+        The path is judged in its canonical form, as a request's would be after
+        `path_policy="normalize"`; the method exactly as given.
+        """
+        for rule in self.rules.matching(identity, method, canonical_path(path)):
             if rule.matches_model(model):
                 return PolicyDecision(rule.id, rule.effect == "allow", self.version)
         return PolicyDecision(DEFAULT_RULE_ID, self.default == "allow", self.version)

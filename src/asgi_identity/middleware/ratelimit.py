@@ -19,8 +19,9 @@ from limits.strategies import STRATEGIES as IN_PROCESS_STRATEGIES
 from limits.strategies import RateLimiter as InProcessRateLimiter
 
 from asgi_identity import telemetry
-from asgi_identity._http.body import DEFAULT_MAX_BODY, peek_body
+from asgi_identity._http.body import DEFAULT_MAX_BODY, BodyError
 from asgi_identity._http.headers import with_response_headers
+from asgi_identity._http.view import RequestView
 from asgi_identity.credentials.apikeys import APIKey
 from asgi_identity.errors import ErrorRenderer, IdentityError
 from asgi_identity.identity import Identity, require_identity
@@ -31,9 +32,7 @@ from asgi_identity.quotas._windows import (
     SweptMemoryStorage,
     TrustedProxies,
     Window,
-    body_output_cap,
     bucket_key,
-    content_length,
     parse_limit,
     parse_tiers,
     per_window,
@@ -378,9 +377,15 @@ class UserRateLimit:
     # -- the request path ----------------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket") or self.policy.skips(scope):
+        if scope["type"] not in ("http", "websocket"):
             if scope["type"] == "lifespan":
                 send = self._closing_on_shutdown(send)
+            await self.app(scope, receive, send)
+            return
+        view = await self.policy.view(scope, receive, send)
+        if view is None:
+            return
+        if self.policy.skips(view):
             await self.app(scope, receive, send)
             return
         identity = require_identity(scope, "UserRateLimit")
@@ -415,7 +420,11 @@ class UserRateLimit:
                 assert tokens is not None
                 # The body is read before the ledger is asked, and the app is given the receive
                 # that replays it whatever the ledger does: failing open must not lose the body.
-                receive, estimate = await self._estimate_tokens(scope, receive)
+                receive, estimate = await self._estimate_tokens(view, receive)
+                if isinstance(estimate, IdentityError):
+                    if await self.policy.refuse(estimate, scope, receive, send):
+                        return
+                    estimate = None
                 if estimate is not None:
                     reservation = Reservation(identity, tokens, plan.token_keys)
                     short = await self._tokens_ledger.reserve(reservation, estimate, states)
@@ -531,22 +540,28 @@ class UserRateLimit:
             headers.append(("RateLimit", ratelimit_header(states).decode()))
         return headers
 
-    async def _estimate_tokens(self, scope: Scope, receive: Receive) -> tuple[Receive, int | None]:
-        """(a receive replaying the body, the tokens to reserve; None for no LLM call)."""
-        body, size, replay = await peek_body(receive, self.max_body)
-        if body is not None:
-            is_object, cap = body_output_cap(body)
-            if not is_object:
-                return replay, None  # not an LLM call: nothing to reserve or settle
-        elif size <= self.max_body:
-            return replay, None  # the client left before sending the whole body
-        else:
+    async def _estimate_tokens(
+        self, view: RequestView, receive: Receive
+    ) -> tuple[Receive, int | IdentityError | None]:
+        """(a receive replaying the body, the tokens to reserve: None for no LLM call, an
+        IdentityError for a body that cannot be given one meaning)."""
+        fields, receive = await view.fields(receive, self.max_body)
+        if isinstance(fields, BodyError):
+            if not fields.too_large:
+                return receive, IdentityError("invalid_request", str(fields))
             # Too large to read is not "not an LLM call": padding a prompt past max_body must
             # not make it free. Reserve the default and settle from the response as usual.
-            cap = None
-            size = max(size, content_length(scope))
-        # The input at about four bytes a token, plus what the output may reach.
-        return replay, (cap or self.default_max_tokens) + size // 4
+            size = max(view.body_size, view.content_length or 0)
+            return receive, self.default_max_tokens + size // 4
+        if fields.problem is not None:
+            return receive, IdentityError("invalid_request", fields.problem)
+        if not fields.is_object:
+            return receive, None  # no body, or not an object: not an LLM call
+        # Everything that may be generated: the output cap for each of n (or best_of)
+        # completions, plus the input at about four bytes a token.
+        cap = self.default_max_tokens if fields.output_cap is None else fields.output_cap
+        completions = max(fields.n or 1, fields.best_of or 1)
+        return receive, cap * completions + view.body_size // 4
 
     def _token_error(
         self, refusal: TokenRefusal, states: list[tuple[Window, int, int]]

@@ -1,0 +1,153 @@
+"""RequestView: the request as every layer reads it, computed once by the outermost layer.
+
+The layers must never disagree about what a request is (DESIGN.md, "One reading of the
+request"): one canonical path, one exact method, one pass over the headers, one body reader.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from asgi_identity._http.body import (
+    DEFAULT_MAX_BODY,
+    NO_BODY,
+    BodyError,
+    BodyFields,
+    BufferedBody,
+    parse_json,
+)
+from asgi_identity._http.responder import Responder
+from asgi_identity._http.target import (
+    PathPolicy,
+    TargetRefused,
+    check_method,
+    check_path,
+    raw_path_for,
+)
+from asgi_identity.types import Receive, Scope
+
+SCOPE_KEY: Final = "asgi_identity.view"
+
+# Headers every layer may ask about, picked out in the one pass (names as ASGI servers send them).
+_PREFLIGHT = b"access-control-request-method"
+_CONTENT_LENGTH = b"content-length"
+
+
+class RequestView:
+    """One request as the layers see it. Build it with `RequestView.of(scope)`."""
+
+    __slots__ = (
+        "_body",
+        "_fields",
+        "_headers_read",
+        "_responder",
+        "content_length",
+        "conversation_header",
+        "conversation_ids",
+        "method",
+        "path",
+        "preflight",
+        "scope",
+    )
+
+    def __init__(self, scope: Scope) -> None:
+        self.scope = scope
+        self.path: str = scope.get("path", "")
+        self.method: str = scope["method"] if scope["type"] == "http" else "WEBSOCKET"
+        self._body: BufferedBody | None = None
+        self._fields: BodyFields | BodyError | None = None
+        self._responder: Responder | None = None
+        self._headers_read = False
+        self.preflight = False
+        self.content_length: int | None = None
+        #: The conversation header's name and values, once IdentityMiddleware has read them.
+        self.conversation_header: bytes | None = None
+        self.conversation_ids: tuple[bytes, ...] = ()
+
+    @classmethod
+    def of(cls, scope: Scope, path_policy: PathPolicy = "refuse") -> RequestView:
+        """The request's view: the one an outer layer made, or a new one (TargetRefused when
+        the path or method cannot be given one meaning)."""
+        view: RequestView | None = scope.get(SCOPE_KEY)
+        if view is not None and view.scope is scope:
+            return view
+        view = cls(scope)
+        if view.method != "WEBSOCKET":
+            check_method(view.method)
+        canonical = check_path(view.path, scope.get("raw_path"), path_policy)
+        if canonical is not None:
+            # Rewritten for every later layer and the app alike: they must route what was judged.
+            scope["path"] = view.path = canonical
+            scope["raw_path"] = raw_path_for(canonical)
+        scope[SCOPE_KEY] = view
+        return view
+
+    def read_headers(self) -> None:
+        """Pick out the headers every layer may ask about, in one pass (done once)."""
+        if self._headers_read:
+            return
+        self._headers_read = True
+        for name, value in self.scope["headers"]:
+            if name == _PREFLIGHT:
+                self.preflight = True
+            elif name == _CONTENT_LENGTH:
+                try:
+                    self.content_length = int(value)
+                except ValueError:
+                    self.content_length = None
+
+    @property
+    def responder(self) -> Responder:
+        responder = self._responder
+        if responder is None:
+            responder = self._responder = Responder()
+        return responder
+
+    async def fields(self, receive: Receive, limit: int = DEFAULT_MAX_BODY) -> tuple[Any, Receive]:
+        """(the body's BodyFields, or a BodyError to refuse with; the receive to pass on).
+
+        Read at most once for the whole stack; the receive replays the body chunk for chunk.
+        """
+        if self._fields is not None and (
+            not isinstance(self._fields, BodyError) or not self._fields.too_large
+        ):
+            return self._fields, receive
+        if self.scope["type"] != "http":
+            return NO_BODY, receive
+        self.read_headers()
+        declared = self.content_length
+        if declared is not None and declared > limit:
+            # Refused without reading a byte: the declared length is what the client promised.
+            return _too_large(limit), receive
+        buffered = self._body
+        if buffered is None:
+            buffered = self._body = BufferedBody(receive)
+            receive = buffered.receive
+        body = await buffered.read(limit)
+        if body is None:
+            if buffered.size > limit:
+                self._fields = _too_large(limit)
+            else:  # the client went away before the body was whole: nothing to judge
+                self._fields = BodyError("The request body was not received whole.")
+        elif not body:
+            self._fields = NO_BODY
+        else:
+            try:
+                self._fields = BodyFields(parse_json(body))
+            except BodyError as error:
+                self._fields = error
+        return self._fields, receive
+
+    @property
+    def body_size(self) -> int:
+        """Bytes of body read so far (0 when no layer read it)."""
+        return 0 if self._body is None else self._body.size
+
+
+def _too_large(limit: int) -> BodyError:
+    return BodyError(
+        f"The request body is larger than the {limit} bytes this gateway reads.", too_large=True
+    )
+
+
+__all__ = ["SCOPE_KEY", "RequestView", "TargetRefused"]
