@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import httpx
@@ -150,3 +151,36 @@ def test_layers_come_outermost_first_and_omitted_layers_are_left_out(issuer: Loc
 def test_a_layer_given_something_else_than_options_is_refused() -> None:
     with pytest.raises(TypeError, match="rate_limit takes a mapping of options"):
         stack_layers(identity={}, rate_limit="60/minute")  # type: ignore[arg-type]
+
+
+async def test_identity_stack_normalizes_paths_and_reads_its_conversation_header_first(
+    issuer: LocalIssuer,
+) -> None:
+    app = identity_stack(
+        _starlette(),
+        identity=_options(issuer)["identity"],
+        conversation={"header": "x-thread-id"},
+        path_policy="normalize",
+    )
+    scope_path = "/health/../whoami"
+    alice = issuer.mint(sub="alice", email="alice@acme.com")
+    sent: list[Any] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    # Driven directly: httpx would remove the dot-segments before sending.
+    scope = {
+        "type": "http", "method": "GET", "path": scope_path, "raw_path": scope_path.encode(),
+        "query_string": b"", "root_path": "", "scheme": "http", "server": ("test", 80),
+        "client": ("127.0.0.1", 1), "asgi": {"version": "3.0"}, "http_version": "1.1",
+        "headers": [(b"authorization", f"Bearer {alice}".encode()), (b"x-thread-id", b"t-9")],
+    }  # fmt: skip
+    await app(scope, receive, send)
+    assert sent[0]["status"] == 200
+    assert (b"x-thread-id", b"t-9") in sent[0]["headers"]
+    # The app routed the canonical path (not the excluded /health) with the tagged identity.
+    assert json.loads(sent[1]["body"]) == {"user": "alice", "source": "jwt", "conversation": "t-9"}

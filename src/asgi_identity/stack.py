@@ -37,12 +37,14 @@ def stack_layers(
     rate_limit: LayerOptions = None,
     conversation: LayerOptions = True,
     exclude_paths: Iterable[str] = (),
+    path_policy: str | None = None,
 ) -> list[tuple[type[Any], dict[str, Any]]]:
     """The layers as (class, options), outermost first.
 
     FastAPI / Starlette: `for cls, options in reversed(layers): app.add_middleware(cls, **options)`
     (the last added runs first). Litestar: `[DefineMiddleware(cls, **options) for cls, options in layers]`.
     `exclude_paths` is given to every layer that does not set its own, so a health check passes them all.
+    `path_policy` ("refuse" or "normalize") is IdentityMiddleware's, which reads the request for all.
     """
     excluded = list(exclude_paths)
     chosen: dict[str, LayerOptions] = {
@@ -52,9 +54,13 @@ def stack_layers(
         "rate_limit": rate_limit,
         "conversation": conversation,
     }
-    layers: list[tuple[type[Any], dict[str, Any]]] = [
-        (IdentityMiddleware, _with_excluded(identity, excluded))
-    ]
+    identity_options = _with_excluded(identity, excluded)
+    if path_policy is not None:
+        identity_options.setdefault("path_policy", path_policy)
+    if isinstance(conversation, Mapping) and "header" in conversation:
+        # The identity carries its conversation from the first layer on: read the same header.
+        identity_options.setdefault("conversation_header", conversation["header"])
+    layers: list[tuple[type[Any], dict[str, Any]]] = [(IdentityMiddleware, identity_options)]
     for name, cls in _ORDER:
         options = chosen[name]
         if options is None or options is False:
@@ -77,6 +83,7 @@ def identity_stack(
     rate_limit: LayerOptions = None,
     conversation: LayerOptions = True,
     exclude_paths: Iterable[str] = (),
+    path_policy: str | None = None,
 ) -> ASGIApp:
     """Wrap `app` in every chosen layer, in the order DESIGN.md's flow gives.
 
@@ -93,6 +100,7 @@ def identity_stack(
         rate_limit=rate_limit,
         conversation=conversation,
         exclude_paths=exclude_paths,
+        path_policy=path_policy,
     )
     wrapped = app
     for cls, options in reversed(layers):
