@@ -181,7 +181,6 @@ def ratelimit_header(states: Iterable[tuple[Window, int, int]]) -> bytes:
     return b", ".join([b"%s%d;t=%d" % (w.remaining_head, max(0, r), t) for w, r, t in states])
 
 
-#: Request fields that cap a completion's output, across the supported APIs.
 # How often, at most, expired counters are swept out of memory (a counter read after its window is
 # dropped on the spot; the sweep only frees the ones nobody asks about again).
 _SWEEP_EVERY = 5.0
