@@ -11,7 +11,7 @@ from asgi_identity._http.body import AMBIGUOUS, DEFAULT_MAX_BODY, peek_json
 from asgi_identity.errors import ErrorRenderer, IdentityError
 from asgi_identity.identity import Identity, require_identity
 from asgi_identity.middleware._layer import LayerPolicy
-from asgi_identity.rules._compiled import (
+from asgi_identity.rules import (
     DEFAULT_RULE_ID,
     CompiledPolicy,
     CompiledRule,
