@@ -12,7 +12,7 @@ from asgi_identity._http.target import canonical_path
 from asgi_identity.errors import ErrorRenderer, IdentityError
 from asgi_identity.identity import Identity, require_identity
 from asgi_identity.middleware._layer import LayerPolicy
-from asgi_identity.rules._compiled import (
+from asgi_identity.rules import (
     DEFAULT_RULE_ID,
     CompiledPolicy,
     CompiledRule,
