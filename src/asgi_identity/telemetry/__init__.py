@@ -6,14 +6,11 @@ two. Settings come from `configure_telemetry()`, called once at start-up (docs/t
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import threading
 import weakref
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
-from functools import lru_cache
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
 
@@ -21,7 +18,7 @@ from opentelemetry import baggage, context, metrics, trace
 from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
 from opentelemetry.trace import Span, Status, StatusCode
 
-from asgi_identity import audit
+from asgi_identity import _privacy, audit
 from asgi_identity.errors import IdentityError
 from asgi_identity.identity import SCOPE_KEY, Identity
 from asgi_identity.types import Scope
@@ -358,6 +355,7 @@ class _State:
         "config",
         "hash_user",
         "jwks_fetches",
+        "privacy",
         "rate_limit_hits",
         "rejections",
         "requests",
@@ -378,17 +376,8 @@ class _State:
             else trace.get_tracer(_SCOPE_NAME, _version())
         )
         self.user_attribute = ATTR_USER_HASH if config.pseudonymous else ATTR_USER_ID
-        key = config.pseudonymize_key
-        if key is not None:
-
-            @lru_cache(maxsize=4096)
-            def hash_user(user_id: str) -> str:
-                digest = hmac.new(key, user_id.encode("utf-8"), hashlib.sha256)
-                return digest.hexdigest()[:32]
-
-            self.hash_user: Any = hash_user
-        else:
-            self.hash_user = None
+        self.privacy = _privacy.Privacy(config.pseudonymize_key, record_email=config.record_email)
+        self.hash_user = self.privacy.hash_user
         # Given an explicit provider, it is live; the global one is checked until an SDK appears.
         self._live = config.metrics and config.meter_provider is not None
         instruments = _instruments_for(config.meter_provider)
@@ -434,7 +423,7 @@ class _State:
         if identity is None or identity.user_id is None:
             return None
         if self.hash_user is not None:
-            return self.hash_user(identity.user_id)  # type: ignore[no-any-return]
+            return self.hash_user(identity.user_id)
         return identity.user_id
 
     def user_attributes(
@@ -545,6 +534,8 @@ def configure_telemetry(
     global _state
     with _configure_lock:
         _state = _State(config)
+        # Audit log records show a person the way telemetry does.
+        _privacy.set_current(_state.privacy)
     return config
 
 
