@@ -5,11 +5,11 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from asgi_identity import telemetry
 from asgi_identity._http.headers import DuplicateHeader, single_header
 from asgi_identity.errors import ErrorRenderer, IdentityError
 from asgi_identity.identity import Identity, require_identity, set_identity
 from asgi_identity.middleware._layer import LayerPolicy
+from asgi_identity.telemetry import events
 from asgi_identity.types import ASGIApp, Message, Receive, Scope, Send
 
 # Safe in a header, a log line, a metric label and a URL path segment, without escaping.
@@ -126,7 +126,7 @@ class ConversationTagger:
             value = None
         if value is not None:
             set_identity(scope, self._tag(identity, value))
-            telemetry.on_conversation(scope, value.decode("ascii"))
+            events.conversation(scope, value.decode("ascii"))
             if self.echo:
                 send = _with_echo(send, (self._header, value))
         await self.app(scope, receive, send)

@@ -29,6 +29,7 @@ from asgi_identity.credentials.tokens import JWTIssuer, TokenVerifier, looks_lik
 from asgi_identity.errors import ErrorRenderer, IdentityError
 from asgi_identity.identity import Identity, set_identity
 from asgi_identity.middleware._layer import LayerPolicy
+from asgi_identity.telemetry import events
 from asgi_identity.types import ASGIApp, Message, Receive, Scope, Send
 
 logger = logging.getLogger("asgi_identity")
@@ -238,7 +239,7 @@ class IdentityMiddleware:
                     presented = self._reader.unread(scope["headers"])
                 identity = self._anonymous
             else:
-                telemetry.on_identity(scope, identity)
+                events.authenticated(scope, identity)
 
         headers = self._reader.kept(presented)
         if self._sanitize and presented.bearer_is_key:

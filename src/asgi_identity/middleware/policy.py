@@ -6,7 +6,6 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Final, NamedTuple
 
-from asgi_identity import audit
 from asgi_identity._http.body import AMBIGUOUS, DEFAULT_MAX_BODY, peek_json
 from asgi_identity.errors import ErrorRenderer, IdentityError
 from asgi_identity.identity import Identity, require_identity
@@ -19,6 +18,7 @@ from asgi_identity.rules._compiled import (
     Rule,
     load_policy_file,
 )
+from asgi_identity.telemetry import events
 from asgi_identity.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = ["PolicyDecision", "PolicyFileError", "RoutePolicy", "Rule"]
@@ -176,7 +176,7 @@ class RoutePolicy:
             error = self._errors.get(decided.id, self._default_error)
         if allowed:
             detail = self._default_allow if decided is None else self._allow_details[decided.id]
-            audit.record_decision(scope, LAYER, "allow", None, identity, detail=detail)
+            events.allowed(scope, LAYER, identity, detail=detail)
         elif await self.policy.refuse(error, scope, receive, send):
             return
         await self.app(scope, receive, send)
