@@ -18,9 +18,9 @@ except ImportError as exc:  # pragma: no cover - only without FastAPI installed
         "work without it"
     ) from exc
 
-from asgi_identity import telemetry
 from asgi_identity.errors import ErrorRenderer, IdentityError, error_headers, render_json
 from asgi_identity.identity import Identity, require_identity
+from asgi_identity.telemetry import events
 
 __all__ = [
     "CurrentIdentity",
@@ -103,7 +103,7 @@ def _requirement(
         if allowed:
             return identity
         error = unauthenticated if identity.source == "anonymous" else denied
-        telemetry.on_rejection(connection.scope, name, error)
+        events.refused(connection.scope, name, error)
         raise IdentityHTTPException(error)
 
     return dependency

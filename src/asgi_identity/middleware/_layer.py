@@ -6,10 +6,10 @@ import logging
 from collections.abc import Iterable
 from typing import Literal
 
-from asgi_identity import telemetry
 from asgi_identity._http.target import PATH_POLICIES, PathPolicy, TargetRefused
 from asgi_identity._http.view import SCOPE_KEY, RequestView
 from asgi_identity.errors import ErrorRenderer, IdentityError, send_error
+from asgi_identity.telemetry import events
 from asgi_identity.types import Receive, Scope, Send
 
 Mode = Literal["enforce", "observe"]
@@ -101,7 +101,7 @@ class LayerPolicy:
     ) -> bool:
         """Refuse with `error`; True when the response was sent, False in observe mode (go on)."""
         if self.mode == "observe":
-            telemetry.on_observed(scope, self.layer, error)
+            events.observed(scope, self.layer, error)
             logger.info(
                 "%s would refuse %s %s: %s",
                 self.layer,
@@ -110,6 +110,6 @@ class LayerPolicy:
                 error.code,
             )
             return False
-        telemetry.on_rejection(scope, self.layer, error)
+        events.refused(scope, self.layer, error)
         await send_error(error, scope, receive, send, self.renderer)
         return True

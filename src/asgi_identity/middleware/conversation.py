@@ -5,11 +5,11 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from asgi_identity import telemetry
 from asgi_identity._http.view import RequestView
 from asgi_identity.errors import ErrorRenderer, IdentityError
 from asgi_identity.identity import Identity, require_identity, set_identity
 from asgi_identity.middleware._layer import LayerPolicy
+from asgi_identity.telemetry import events
 from asgi_identity.types import ASGIApp, Receive, Scope, Send
 
 # Safe in a header, a log line, a metric label and a URL path segment, without escaping.
@@ -157,7 +157,7 @@ class ConversationTagger:
                 # IdentityMiddleware reads another header: tagged here, later than the records
                 # of the outer layers (docs/conversations.md says to configure both alike).
                 set_identity(scope, self._tags.tag(identity, (value,)))
-            telemetry.on_conversation(scope, value.decode("ascii"))
+            events.conversation(scope, value.decode("ascii"))
             if self.echo:
                 responder = view.responder
                 send = responder.wrap(send)

@@ -30,6 +30,7 @@ from asgi_identity.errors import ErrorRenderer, IdentityError
 from asgi_identity.identity import Identity, set_identity
 from asgi_identity.middleware._layer import LayerPolicy
 from asgi_identity.middleware.conversation import ConversationTags
+from asgi_identity.telemetry import events
 from asgi_identity.types import ASGIApp, Message, Receive, Scope, Send
 
 logger = logging.getLogger("asgi_identity")
@@ -258,7 +259,7 @@ class IdentityMiddleware:
                 # The identity is final before any decision is recorded: every audit record and
                 # span of the request carries its conversation.
                 identity = self._conversations.tag(identity, presented.conversations)
-                telemetry.on_identity(scope, identity)
+                events.authenticated(scope, identity)
 
         headers = self._reader.kept(presented)
         if self._sanitize and presented.bearer_is_key:

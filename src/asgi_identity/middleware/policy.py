@@ -6,7 +6,6 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Final, NamedTuple
 
-from asgi_identity import audit
 from asgi_identity._http.body import DEFAULT_MAX_BODY, NO_BODY, BodyError, BodyFields
 from asgi_identity._http.target import canonical_path
 from asgi_identity.errors import ErrorRenderer, IdentityError
@@ -20,6 +19,7 @@ from asgi_identity.rules import (
     Rule,
     load_policy_file,
 )
+from asgi_identity.telemetry import events
 from asgi_identity.types import ASGIApp, Receive, Scope, Send
 
 __all__ = ["PolicyDecision", "PolicyFileError", "RoutePolicy", "Rule"]
@@ -178,7 +178,7 @@ class RoutePolicy:
             error = self._errors.get(decided.id, self._default_error)
         if allowed:
             detail = self._default_allow if decided is None else self._allow_details[decided.id]
-            audit.record_decision(scope, LAYER, "allow", None, identity, detail=detail)
+            events.allowed(scope, LAYER, identity, detail=detail)
         elif await self.policy.refuse(error, scope, receive, send):
             return
         await self.app(scope, receive, send)

@@ -18,7 +18,6 @@ from limits.storage import storage_from_string
 from limits.strategies import STRATEGIES as IN_PROCESS_STRATEGIES
 from limits.strategies import RateLimiter as InProcessRateLimiter
 
-from asgi_identity import telemetry
 from asgi_identity._http.body import DEFAULT_MAX_BODY, BodyError
 from asgi_identity._http.headers import with_response_headers
 from asgi_identity._http.view import RequestView
@@ -41,6 +40,7 @@ from asgi_identity.quotas._windows import (
     seconds_until,
 )
 from asgi_identity.quotas.usage import TokenUsage
+from asgi_identity.telemetry import events
 from asgi_identity.types import ASGIApp, Message, Receive, Scope, Send
 
 logger = logging.getLogger("asgi_identity")
@@ -605,7 +605,7 @@ class UserRateLimit:
                     # Counting in memory never suspends, so nothing can cancel it half-way.
                     if found is not None:
                         identity = reservation.identity
-                        telemetry.on_tokens(identity, found.input_tokens, found.output_tokens)
+                        events.llm_tokens(identity, found.input_tokens, found.output_tokens)
                     TokenLedger.settle_in_memory(self._memory, reservation, charge)
                 else:
                     task = asyncio.ensure_future(self._settle(reservation, charge, found))
@@ -618,7 +618,7 @@ class UserRateLimit:
         self, reservation: Reservation, charge: int, found: TokenUsage | None
     ) -> None:
         if found is not None:
-            telemetry.on_tokens(reservation.identity, found.input_tokens, found.output_tokens)
+            events.llm_tokens(reservation.identity, found.input_tokens, found.output_tokens)
         try:
             await self._tokens_ledger.settle(reservation, charge)
         except RateLimitUnavailable:
@@ -684,7 +684,7 @@ class UserRateLimit:
                 return
             identity = require_identity(scope, "report_usage()")
         _, windows = self.limits_for(identity)
-        telemetry.on_tokens(identity, used.input_tokens, used.output_tokens)
+        events.llm_tokens(identity, used.input_tokens, used.output_tokens)
         if windows is None or used.total_tokens == 0:
             return
         await self._tokens_ledger.charge(self._parts(identity, scope), windows, used.total_tokens)

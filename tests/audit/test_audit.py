@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from asgi_identity import APIKey, Identity, audit, hash_api_key, telemetry
+from asgi_identity import APIKey, Identity, hash_api_key, telemetry
 from asgi_identity.audit import (
     AuditFile,
     build_record,
@@ -34,6 +34,7 @@ from asgi_identity.audit import (
     shutdown_audit,
     verify_audit_file,
 )
+from asgi_identity.audit import _config as audit_config
 from asgi_identity.cli import main as cli_main
 from asgi_identity.credentials.tokens import JWTIssuer
 from asgi_identity.middleware import DomainAllowlist, EnforceIdentity, IdentityMiddleware
@@ -190,7 +191,7 @@ def test_nothing_is_built_when_no_sink_is_active(monkeypatch: pytest.MonkeyPatch
     def must_not_build(*args: Any, **kwargs: Any) -> dict[str, Any]:
         raise AssertionError("a record was built with nowhere to send it")
 
-    monkeypatch.setattr(audit, "build_record", must_not_build)
+    monkeypatch.setattr(audit_config, "build_record", must_not_build)
     record_decision({"type": "http"}, "Test", "deny", "invalid_token", None)
 
 
@@ -205,7 +206,7 @@ def test_a_file_without_a_logs_sdk_builds_no_log_records(
     def must_not_emit(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("an OpenTelemetry log record was built with no logs SDK")
 
-    monkeypatch.setattr(audit, "_emit_otel", must_not_emit)
+    monkeypatch.setattr(audit_config, "emit_otel", must_not_emit)
     record_decision({"type": "http"}, "Test", "deny", "invalid_token", None)
     assert file.flush()
     assert [r["reason"] for r in records(path)] == ["invalid_token"]

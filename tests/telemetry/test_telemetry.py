@@ -40,6 +40,7 @@ from asgi_identity.middleware import (
     IdentityMiddleware,
 )
 from asgi_identity.middleware.ratelimit import UserRateLimit
+from asgi_identity.telemetry import _config, events
 from asgi_identity.testing import JWKSServer, LocalIssuer
 from asgi_identity.types import ASGIApp
 
@@ -353,8 +354,8 @@ def test_distinct_users_per_metric_are_bounded_with_10000_users(otel: OTel) -> N
     def work(start: int) -> None:
         for number in range(start, 10_000, 4):
             identity = identity_of(number)
-            telemetry.on_identity(scope, identity)
-            telemetry.on_tokens(identity, 1, 2)
+            events.authenticated(scope, identity)
+            events.llm_tokens(identity, 1, 2)
 
     # Four threads at once: a worker pool or several event loops in one process.
     threads = [threading.Thread(target=work, args=(start,)) for start in range(4)]
@@ -380,18 +381,18 @@ def test_no_sdk_means_no_metrics_work_and_no_error() -> None:
     telemetry.configure_telemetry()  # the global providers: the API's placeholders in tests
     identity = identity_of(1)
     scope: dict[str, Any] = {"type": "http", "path": "/", "headers": []}
-    telemetry.on_identity(scope, identity)
-    telemetry.on_tokens(identity, 3, 4)
-    assert not telemetry._state.metrics_on()
-    assert len(telemetry._state.requests.users) == 0
+    events.authenticated(scope, identity)
+    events.llm_tokens(identity, 3, 4)
+    assert not _config.current.counters.metrics_on()
+    assert len(_config.current.counters.requests.users) == 0
 
 
 @pytest.mark.parametrize("enabled", [True, False])
 def test_metrics_false_turns_off_a_given_meter_provider(otel: OTel, enabled: bool) -> None:
     otel.configure(metrics=enabled)
     identity = identity_of(1)
-    telemetry.on_identity({"type": "http", "path": "/", "headers": []}, identity)
-    telemetry.on_tokens(identity, 3, 4)
+    events.authenticated({"type": "http", "path": "/", "headers": []}, identity)
+    events.llm_tokens(identity, 3, 4)
     telemetry.record_auth_duration(0.001, "verified")
     exported = {
         name: bool(otel.points(name))
@@ -415,6 +416,7 @@ def test_an_sdk_installed_after_import_is_honoured(tmp_path: Any) -> None:
         """
         from asgi_identity import telemetry
         from asgi_identity.identity import Identity
+        from asgi_identity.telemetry import events
         from opentelemetry import metrics, trace
         from opentelemetry.sdk.metrics import MeterProvider
         from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -423,7 +425,7 @@ def test_an_sdk_installed_after_import_is_honoured(tmp_path: Any) -> None:
         from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
         identity = Identity(source="jwt", user_id="alice")
-        telemetry.on_identity({}, identity)  # before any SDK: nothing to see, nothing breaks
+        events.authenticated({}, identity)  # before any SDK: nothing to see, nothing breaks
 
         reader = InMemoryMetricReader()
         metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
@@ -433,7 +435,7 @@ def test_an_sdk_installed_after_import_is_honoured(tmp_path: Any) -> None:
         trace.set_tracer_provider(provider)
 
         with trace.get_tracer("app").start_as_current_span("request"):
-            telemetry.on_identity({}, identity)
+            events.authenticated({}, identity)
             with telemetry.verify_span():
                 pass
         names = sorted(
@@ -565,11 +567,11 @@ def test_counts_survive_reconfiguring_and_each_identity_keeps_its_own_series(ote
     scope: dict[str, Any] = {"type": "http", "path": "/", "headers": []}
     alice = Identity(source="jwt", user_id="alice", group="pro")
     bob = Identity(source="jwt", user_id="bob", group="free")
-    telemetry.on_identity(scope, alice)
-    telemetry.on_identity(scope, alice)
+    events.authenticated(scope, alice)
+    events.authenticated(scope, alice)
     otel.configure(max_users=5)
-    telemetry.on_identity(scope, alice)
-    telemetry.on_identity(scope, bob)
+    events.authenticated(scope, alice)
+    events.authenticated(scope, bob)
     counts = {
         (point["user.id"], point["asgi_identity.group"]): value
         for point, value in otel.points(telemetry.METRIC_REQUESTS)
@@ -582,10 +584,10 @@ def test_span_attributes_follow_the_settings_after_reconfiguring(otel: OTel) -> 
     identity = Identity(source="jwt", user_id="alice", email="alice@acme.com")
     tracer = otel.tracer_provider.get_tracer("test")
     with tracer.start_as_current_span("before"):
-        telemetry.on_identity({"type": "http"}, identity)
+        events.authenticated({"type": "http"}, identity)
     otel.configure(record_email=True)
     with tracer.start_as_current_span("after"):
-        telemetry.on_identity({"type": "http"}, identity)
+        events.authenticated({"type": "http"}, identity)
     [before] = otel.span_named("before")
     [after] = otel.span_named("after")
     assert "user.email" not in (before.attributes or {})
@@ -596,9 +598,9 @@ def test_span_attributes_follow_the_settings_after_reconfiguring(otel: OTel) -> 
 def test_usage_reported_with_a_per_request_identity_lands_on_the_same_series(otel: OTel) -> None:
     # ConversationTagger gives each request its own Identity object; the series is the user's.
     identity = Identity(source="jwt", user_id="alice", group="pro", client_id="chat-app")
-    telemetry.on_tokens(identity.replace(conversation_id="c-1"), 10, 1)
-    telemetry.on_tokens(identity.replace(conversation_id="c-2"), 5, 2)
-    telemetry.on_tokens(identity, -7, 0)  # a counter never goes down
+    events.llm_tokens(identity.replace(conversation_id="c-1"), 10, 1)
+    events.llm_tokens(identity.replace(conversation_id="c-2"), 5, 2)
+    events.llm_tokens(identity, -7, 0)  # a counter never goes down
     tokens = {
         point["gen_ai.token.type"]: (point, value)
         for point, value in otel.points(telemetry.METRIC_TOKENS)
@@ -639,9 +641,9 @@ def test_delta_temporality_exports_what_happened_since_the_last_collection() -> 
 
     try:
         for _ in range(3):
-            telemetry.on_identity(scope, identity)
+            events.authenticated(scope, identity)
         assert requests_counted() == [3]
-        telemetry.on_identity(scope, identity)
+        events.authenticated(scope, identity)
         assert requests_counted() == [1]
     finally:
         telemetry.configure_telemetry()
