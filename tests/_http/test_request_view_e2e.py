@@ -755,3 +755,16 @@ def test_the_allow_records_of_a_request_carry_its_conversation(
     assert audit_records, "no audit record for an allowed request"
     assert {r["outcome"] for r in audit_records} == {"allow"}
     assert {r.get("conversation_id") for r in audit_records} == {"c-123"}
+
+
+def test_a_refusal_before_any_identity_is_recorded_with_its_conversation(
+    gateway: Gateway, audit_records: list[dict[str, Any]]
+) -> None:
+    # IdentityMiddleware refuses before there is an identity; the conversation is the request's.
+    audit_records.clear()
+    forged = (b"Authorization", b"Bearer sk-ai-not-a-key")
+    exchange = gateway.request(b"GET", b"/v1/models", [forged, CONVERSATION])
+    assert_refused(exchange, 401, "invalid_api_key")
+    assert [(r["layer"], r["outcome"], r.get("conversation_id")) for r in audit_records] == [
+        ("IdentityMiddleware", "deny", "c-123")
+    ]

@@ -6,6 +6,7 @@ request"): one canonical path, one exact method, one pass over the headers, one 
 
 from __future__ import annotations
 
+import re
 from typing import Any, Final
 
 from asgi_identity._http.body import (
@@ -27,6 +28,15 @@ from asgi_identity._http.target import (
 from asgi_identity.types import Receive, Scope
 
 SCOPE_KEY: Final = "asgi_identity.view"
+
+# A conversation id is safe in a header, a log line, a metric label and a URL path segment.
+_SAFE_ID: Final = re.compile(rb"[A-Za-z0-9._:-]+")
+MAX_CONVERSATION_ID_LENGTH: Final = 1024
+
+
+def well_formed_conversation_id(value: bytes, max_length: int = MAX_CONVERSATION_ID_LENGTH) -> bool:
+    return len(value) <= max_length and _SAFE_ID.fullmatch(value) is not None
+
 
 # Headers every layer may ask about, picked out in the one pass (names as ASGI servers send them).
 _PREFLIGHT = b"access-control-request-method"
@@ -95,6 +105,14 @@ class RequestView:
                     self.content_length = int(value)
                 except ValueError:
                     self.content_length = None
+
+    @property
+    def conversation_id(self) -> str | None:
+        """The request's one well-formed conversation id, as IdentityMiddleware read it."""
+        ids = self.conversation_ids
+        if len(ids) == 1 and well_formed_conversation_id(ids[0]):
+            return ids[0].decode("ascii")
+        return None
 
     @property
     def responder(self) -> Responder:

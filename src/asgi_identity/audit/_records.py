@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry import trace
 
 from asgi_identity import _privacy
+from asgi_identity._http.view import SCOPE_KEY as VIEW_KEY
+from asgi_identity._http.view import RequestView
 from asgi_identity.types import Scope
 
 if TYPE_CHECKING:
@@ -73,6 +75,12 @@ def build_record(
         record["detail"] = detail
     if identity is not None:
         record.update(identity_fields(identity) if fields is None else fields)
+    else:
+        # Refused before an identity existed: the conversation is still the request's own.
+        view: RequestView | None = scope.get(VIEW_KEY)
+        conversation = view.conversation_id if view is not None else None
+        if conversation is not None:
+            record["conversation_id"] = conversation
     method = scope.get("method")
     record["method"] = method if method is not None else "WEBSOCKET"
     record["path"] = scope.get("path", "")

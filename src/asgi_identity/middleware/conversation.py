@@ -5,23 +5,20 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from asgi_identity._http.view import RequestView
+from asgi_identity._http.view import (
+    MAX_CONVERSATION_ID_LENGTH,
+    RequestView,
+    well_formed_conversation_id,
+)
 from asgi_identity.errors import ErrorRenderer, IdentityError
 from asgi_identity.identity import Identity, require_identity, set_identity
 from asgi_identity.middleware._layer import LayerPolicy
 from asgi_identity.telemetry import events
 from asgi_identity.types import ASGIApp, Receive, Scope, Send
 
-# Safe in a header, a log line, a metric label and a URL path segment, without escaping.
-_SAFE_ID = re.compile(rb"[A-Za-z0-9._:-]+")
 _HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
-MAX_CONVERSATION_ID_LENGTH = 1024
 # Identities tagged lately, by (identity, conversation id); emptied when full.
 _TAGGED_CACHE_SIZE = 4096
-
-
-def well_formed(value: bytes, max_length: int = MAX_CONVERSATION_ID_LENGTH) -> bool:
-    return len(value) <= max_length and _SAFE_ID.fullmatch(value) is not None
 
 
 class ConversationTags:
@@ -38,7 +35,7 @@ class ConversationTags:
 
     def tag(self, identity: Identity, values: tuple[bytes, ...]) -> Identity:
         """`identity` with the request's one well-formed conversation id, if it has one."""
-        if len(values) != 1 or not well_formed(values[0]):
+        if len(values) != 1 or not well_formed_conversation_id(values[0]):
             return identity  # ConversationTagger, if present, says what is wrong with it
         value = values[0]
         key = (id(identity), value)
@@ -132,7 +129,7 @@ class ConversationTagger:
             return self._duplicate
         if not values:
             return self._missing if self.required else None
-        if not well_formed(values[0], self.max_length):
+        if not well_formed_conversation_id(values[0], self.max_length):
             return self._malformed
         return values[0]
 

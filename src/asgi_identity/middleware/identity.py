@@ -254,7 +254,7 @@ class IdentityMiddleware:
                 # (when sanitizing) any API key; read() may have been what refused.
                 if presented is None:
                     presented = self._reader.unread(scope["headers"])
-                identity = self._anonymous
+                identity = self._conversations.tag(self._anonymous, view.conversation_ids)
             else:
                 # The identity is final before any decision is recorded: every audit record and
                 # span of the request carries its conversation.
