@@ -71,6 +71,11 @@ class KeySet:
     def loaded(self) -> bool:
         return bool(self._all)
 
+    @property
+    def kids(self) -> tuple[str, ...]:
+        """The `kid`s of the keys held, for messages that say what is there."""
+        return tuple(self._by_kid)
+
     def _find(self, kid: str | None, algorithm: str) -> VerificationKey | None:
         if kid is not None:
             key = self._by_kid.get(kid)
