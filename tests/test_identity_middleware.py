@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from asgi_identity import APIKey, Identity, hash_api_key
-from asgi_identity.credentials._presented import forwarded_headers
+from asgi_identity.credentials._forwarded import forwarded_headers
 from asgi_identity.credentials.tokens import JWTIssuer
 from asgi_identity.middleware import IdentityMiddleware
 from asgi_identity.testing import JWKSServer, LocalIssuer

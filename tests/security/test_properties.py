@@ -15,7 +15,8 @@ from typing import Any, TypeVar
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from asgi_identity.credentials._presented import bearer_value, forward_value
+from asgi_identity.credentials._forwarded import forward_value
+from asgi_identity.credentials._header_values import bearer_value
 from asgi_identity.credentials.email import domain_listed, normalize_domain_pattern, parse_email
 from asgi_identity.credentials.tokens import TokenVerifier, looks_like_jwt
 from asgi_identity.errors import STATUS_BY_CODE, IdentityError

@@ -1,18 +1,16 @@
-"""Reading credentials from request headers, trusting peers, and forwarding identity downstream.
+"""Reading credentials from request headers, and trusting peers.
 
-IdentityMiddleware's private helpers: one pass over the headers, parsed once-configured names,
-and the encoding of identity for `x-user-*` headers.
+IdentityMiddleware's private helpers: one pass over the headers and once-configured names. The
+values found are read by `_header_values`; identity is forwarded by `_forwarded`.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable, Sequence
-from urllib.parse import quote
+from collections.abc import Iterable
 
 from asgi_identity._http.headers import Headers
-from asgi_identity.credentials.email import EmailAddress, parse_email
 from asgi_identity.errors import IdentityError
 from asgi_identity.identity import Identity
 
@@ -264,150 +262,3 @@ class HeaderReader:
                     )
                 found += (value,)
         return found
-
-
-# RFC 6750 allows only visible ASCII in a bearer credential; a regex keeps the check cheap.
-_VISIBLE_ASCII = re.compile(rb"[\x21-\x7e]+")
-
-
-def bearer_value(raw: bytes, *, scheme_required: bool) -> str:
-    """The credential in `Bearer <value>` (RFC 6750); IdentityError invalid_token when malformed."""
-    value = raw.strip()
-    scheme, sep, rest = value.partition(b" ")
-    if sep and scheme.lower() == b"bearer":
-        value = rest.strip()
-    elif scheme_required:
-        raise IdentityError(
-            "invalid_token", "The Authorization header must be 'Bearer <credential>'."
-        )
-    if not _VISIBLE_ASCII.fullmatch(value):
-        raise IdentityError("invalid_token", "The bearer credential is empty or malformed.")
-    return value.decode("ascii")
-
-
-def header_email(values: Sequence[bytes], header: str) -> EmailAddress | None:
-    """The one address a trusted sender put in the email header, normalized; None if absent."""
-    if not values:
-        return None
-    if len(values) > 1:
-        raise IdentityError(
-            "ambiguous_credentials", f"The request carries more than one {header} header."
-        )
-    try:
-        return parse_email(values[0].decode("utf-8").strip())
-    except (UnicodeDecodeError, ValueError) as exc:
-        # parse_email says what is wrong without repeating the value.
-        reason = "it is not valid UTF-8" if isinstance(exc, UnicodeDecodeError) else str(exc)
-        raise IdentityError(
-            "invalid_request", f"The {header} header is not a plain email address: {reason}."
-        ) from None
-
-
-MAX_GROUP_LENGTH = 128
-
-
-def header_group_value(values: Sequence[bytes]) -> str | None:
-    """The one group a trusted sender put in the group header; None if absent."""
-    if not values:
-        return None
-    if len(values) > 1:
-        raise IdentityError(
-            "ambiguous_credentials", "The request carries more than one group header."
-        )
-    try:
-        group = values[0].decode("utf-8").strip()
-    except UnicodeDecodeError:
-        group = ""
-    if (
-        not group
-        or len(group) > MAX_GROUP_LENGTH
-        or any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in group)
-    ):
-        raise IdentityError("invalid_group", "The group header is empty or malformed.")
-    return group
-
-
-# Forwarded values are percent-encoded (UTF-8) when they hold anything beyond plain printable
-# ASCII, and always for `%` and `,`, so a comma-joined list splits back exactly, and a value can
-# never smuggle a header or a second list item. Plain values pass unchanged.
-_FORWARD_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in "%,")
-
-
-_PLAIN = re.compile(r"[!-$&-+\--~]*")
-
-
-def forward_value(value: str) -> bytes:
-    if _PLAIN.fullmatch(value):
-        return value.encode("ascii")
-    return quote(value, safe=_FORWARD_SAFE).encode("ascii")
-
-
-def forwarded_headers(identity: Identity, prefix: bytes) -> Headers:
-    """The `<prefix>*` headers that carry `identity` to the app or an upstream.
-
-    IdentityMiddleware caches the result by the fields read here: read a new one, key it there too.
-    """
-    headers: Headers = [(prefix + b"source", identity.source.encode("ascii"))]
-    if identity.user_id:
-        headers.append((prefix + b"id", forward_value(identity.user_id)))
-    if identity.email:
-        headers.append((prefix + b"email", forward_value(identity.email)))
-    if identity.group:
-        headers.append((prefix + b"group", forward_value(identity.group)))
-    if identity.tenant:
-        headers.append((prefix + b"tenant", forward_value(identity.tenant)))
-    if identity.roles:
-        roles = b",".join(forward_value(role) for role in sorted(identity.roles))
-        headers.append((prefix + b"roles", roles))
-    if identity.client_id:
-        headers.append((prefix + b"client-id", forward_value(identity.client_id)))
-    return headers
-
-
-class IdentityUser:
-    """`request.user` for Starlette-style apps (`is_authenticated`, `display_name`)."""
-
-    __slots__ = ("identity",)
-
-    def __init__(self, identity: Identity) -> None:
-        self.identity = identity
-
-    @property
-    def is_authenticated(self) -> bool:
-        return self.identity.source != "anonymous"
-
-    @property
-    def display_name(self) -> str:
-        identity = self.identity
-        return identity.name or identity.email or identity.user_id or identity.client_id or ""
-
-    @property
-    def identity_source(self) -> str:
-        return self.identity.source
-
-    def __repr__(self) -> str:
-        return f"IdentityUser({self.identity.subject!r}, source={self.identity.source!r})"
-
-
-class IdentityAuth:
-    """`request.auth` for Starlette-style apps: `.scopes` as `@requires()` expects them.
-
-    Like Starlette's own backends, an authenticated request also carries the `authenticated` scope.
-    """
-
-    __slots__ = ("_scopes", "identity")
-
-    def __init__(self, identity: Identity) -> None:
-        self.identity = identity
-        self._scopes: list[str] | None = None
-
-    @property
-    def scopes(self) -> list[str]:
-        # Built on first use: most requests never look.
-        if self._scopes is None:
-            identity = self.identity
-            scopes = sorted(identity.scopes)
-            if identity.source != "anonymous" and "authenticated" not in identity.scopes:
-                scopes.insert(0, "authenticated")
-            self._scopes = scopes
-        return self._scopes

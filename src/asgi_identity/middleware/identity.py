@@ -9,18 +9,18 @@ from collections.abc import Collection, Iterable, Sequence
 
 from asgi_identity import telemetry
 from asgi_identity._http.headers import MAX_HEADER_VALUE, normalized_name
+from asgi_identity.credentials._forwarded import IdentityAuth, IdentityUser, forwarded_headers
+from asgi_identity.credentials._header_values import (
+    bearer_value,
+    header_email,
+    header_group_value,
+)
 from asgi_identity.credentials._presented import (
     HeaderReader,
-    IdentityAuth,
-    IdentityUser,
     IPNetwork,
     Presented,
     TrustedNetworks,
-    bearer_value,
     cookie_name,
-    forwarded_headers,
-    header_email,
-    header_group_value,
     header_name,
 )
 from asgi_identity.credentials.apikeys import APIKey, APIKeyStore, StaticAPIKeyStore

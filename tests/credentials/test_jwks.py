@@ -14,9 +14,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 import asgi_identity.credentials.jwks
+from asgi_identity.credentials._fetch import FetchError
 from asgi_identity.credentials.jwks import (
     RemoteKeySet,
-    _FetchError,
     fetch_json,
     key_from_jwk,
     keys_from_jwks,
@@ -308,7 +308,7 @@ def test_a_trickling_key_server_is_cut_at_the_deadline(
     server = BrokenKeyServer(head, trickle=b" " * 40, pause=0.25)
     broken_server.append(server)
     started = time.monotonic()
-    with pytest.raises(_FetchError, match="no complete answer within 1s"):
+    with pytest.raises(FetchError, match="no complete answer within 1s"):
         fetch_json(server.url, 1.0, 4096)
     # A guard, not a measurement: each byte used to restart the socket timeout, so the worker
     # thread was held for the whole 10 s trickle.

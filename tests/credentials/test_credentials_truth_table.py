@@ -7,11 +7,13 @@ x {header identity off / on}. "On" means both ways header identity can be grante
 
 from __future__ import annotations
 
+import base64
 import json
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from jwt.algorithms import get_default_algorithms
 
 from asgi_identity import APIKey, Identity, hash_api_key
 from asgi_identity.credentials.tokens import JWTIssuer
@@ -150,3 +152,33 @@ async def test_credentials_truth_table(
         assert identity.api_key is None
     if identity.source == "header":
         assert (identity.email, identity.domain) == ("carol@acme.com", "acme.com")
+
+
+@pytest.mark.parametrize("claim", ["sub", "roles", "azp"])
+async def test_a_token_whose_claims_are_not_text_is_401_not_500(
+    issuer: LocalIssuer, claim: str
+) -> None:
+    # A lone surrogate (`"\\ud800"`) in a claim that becomes a forwarded header used to raise
+    # UnicodeEncodeError inside the middleware: the client must get the usual 401 instead.
+    recorder = Recorder()
+    app = IdentityMiddleware(
+        recorder,
+        issuers=[JWTIssuer(issuer=issuer.issuer, audience="gateway", jwks=issuer.jwks)],
+    )
+    key = issuer.signing_key
+    claims = {name: value for name, value in issuer.claims(sub="alice").items() if name != claim}
+    value = '["\\ud800"]' if claim == "roles" else '"\\ud800"'
+    payload = (json.dumps(claims)[:-1] + f', "{claim}": {value}}}').encode()
+    segments = [
+        base64.urlsafe_b64encode(part).rstrip(b"=").decode()
+        for part in (json.dumps({"alg": key.algorithm, "kid": key.kid}).encode(), payload)
+    ]
+    signing_input = ".".join(segments)
+    algorithm = get_default_algorithms()[key.algorithm]
+    signature = algorithm.sign(signing_input.encode(), key.private_key)
+    token = f"{signing_input}.{base64.urlsafe_b64encode(signature).rstrip(b'=').decode()}"
+
+    outcome = await request(app, recorder, [("authorization", f"Bearer {token}")])
+
+    assert (outcome.status, outcome.code) == (401, "invalid_token")
+    assert outcome.identity is None

@@ -18,6 +18,8 @@ from jwt.algorithms import RSAAlgorithm
 
 from asgi_identity import APIKey
 from asgi_identity.audit import AuditFile
+from asgi_identity.cli import build_parser
+from asgi_identity.credentials.tokens import JWTIssuer, TokenVerifier
 from asgi_identity.testing import JWKSServer, LocalIssuer
 
 CLI = Path(sys.executable).with_name("asgi-identity")
@@ -225,6 +227,62 @@ def test_verify_says_exactly_why_a_token_fails(
         assert said, result.stderr
         ago = int(said[1]) * 60 + int(said[2])
         assert int(started) - exp <= ago <= int(finished) - exp
+
+
+def test_verify_lists_every_failing_claim_rule(
+    issuer: LocalIssuer, jwks_server: JWKSServer
+) -> None:
+    now = int(time.time())
+    token = issuer.mint(exp=now - 600, aud="billing", sub=7)
+    result = run(
+        "verify", token, "--issuer", issuer.issuer, "--audience", "gateway",
+        "--jwks-url", jwks_server.jwks_url,
+    )  # fmt: skip
+    assert result.returncode == 1
+    problems = [line for line in result.stderr.splitlines() if line.startswith("invalid: ")]
+    assert len(problems) == 3, result.stderr
+    assert problems[0].startswith("invalid: the token expired 9m") or problems[0].startswith(
+        "invalid: the token expired 10m"
+    )
+    assert problems[1] == "invalid: aud is 'billing', expected one of ['gateway']"
+    assert problems[2] == "invalid: sub is not a string: 7"
+
+
+def test_verify_leeway_default_is_the_middlewares() -> None:
+    args = build_parser().parse_args(["verify", "token", "--public-key", "key.pem"])
+    middleware = JWTIssuer(issuer="https://issuer.test", audience="gateway", jwks={"keys": []})
+    assert args.leeway == middleware.leeway
+
+
+async def test_a_token_within_the_default_leeway_is_valid_for_cli_and_middleware(
+    issuer: LocalIssuer, jwks_server: JWKSServer
+) -> None:
+    # Expired 45 s ago: inside the shared 60 s leeway (0.1's CLI allowed only 30 s).
+    token = issuer.mint(sub="alice", exp=int(time.time()) - 45)
+    cli = run(
+        "verify", token, "--issuer", issuer.issuer, "--audience", "gateway",
+        "--jwks-url", jwks_server.jwks_url,
+    )  # fmt: skip
+    assert cli.returncode == 0, cli.stderr
+    verifier = TokenVerifier(
+        [JWTIssuer(issuer=issuer.issuer, audience="gateway", jwks=issuer.jwks)]
+    )
+    assert (await verifier.verify(token)).user_id == "alice"
+
+
+def test_verify_refuses_a_token_the_middleware_finds_malformed(issuer: LocalIssuer) -> None:
+    # The verifier's own parser: a second spelling of the same signature is not the token.
+    head, payload, signature = issuer.mint().split(".")
+    result = run("verify", f"{head}.{payload}.{signature}=", "--jwks-url", "-", stdin="{}")
+    assert result.returncode == 1
+    assert "invalid: signature is not base64url" in result.stderr
+
+
+def test_verify_refuses_plain_http_to_a_host_that_is_not_loopback(issuer: LocalIssuer) -> None:
+    # The middleware's rule for key set URLs: https, or http only to a loopback host.
+    result = run("verify", issuer.mint(), "--jwks-url", "http://idp.example/jwks.json")
+    assert result.returncode == 2
+    assert "must be an https:// URL" in result.stderr
 
 
 def test_jwks_lists_each_key_and_warns_about_weak_ones(

@@ -14,6 +14,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from asgi_identity.credentials import _jws
 from asgi_identity.credentials import tokens as tokens_module
 from asgi_identity.credentials.tokens import JWTIssuer, TokenVerifier, looks_like_jwt
 from asgi_identity.errors import IdentityError
@@ -671,6 +672,39 @@ async def test_validly_signed_payload_that_is_not_utf8_json_is_malformed(
         assert error.message == "The access token is malformed."
 
 
+# Claims as JSON text: a lone surrogate escape decodes to a str no encoder can write back.
+LONE_SURROGATES = {
+    "sub": '"\\ud800"',
+    "name": '"al\\udfffice"',
+    "roles": '["admin", "\\ud83d"]',
+    "azp": '"web\\ud800"',
+    "act": '{"sub": "\\udc00"}',
+    "x-custom": '{"deep": ["\\ud800"]}',
+}
+
+
+@pytest.mark.parametrize("claim", sorted(LONE_SURROGATES))
+async def test_a_claim_with_a_lone_surrogate_is_malformed_not_a_crash(
+    issuer: LocalIssuer, claim: str
+) -> None:
+    # DESIGN: claims that cannot become valid text are a 401, never a 500. Before the check a
+    # surrogate in `sub`, `roles` or `azp` broke the forwarded headers (UnicodeEncodeError).
+    claims = {name: value for name, value in issuer.claims(sub="alice").items() if name != claim}
+    payload = json.dumps(claims)[:-1] + f', "{claim}": {LONE_SURROGATES[claim]}}}'
+    token = _sign_raw(issuer, _header_json(issuer), payload.encode())
+    error = await refused(verifier(issuer), token)
+    assert error.message == "The access token is malformed."
+    assert error.detail == "payload holds a lone surrogate, which is not text"
+
+
+async def test_an_escaped_surrogate_pair_is_text_and_accepted(issuer: LocalIssuer) -> None:
+    # An emoji escaped as a UTF-16 pair, as `json.dumps` writes it: valid text.
+    claims = {**issuer.claims(sub="alice"), "name": "Alice \U0001f600"}
+    token = _sign_raw(issuer, _header_json(issuer), json.dumps(claims).encode())
+    assert b"\\ud83d\\ude00" in base64.urlsafe_b64decode(token.split(".")[1] + "==")
+    assert (await verifier(issuer).verify(token)).name == "Alice \U0001f600"
+
+
 async def test_unencoded_payload_option_is_refused_even_when_signed(issuer: LocalIssuer) -> None:
     claims = json.dumps(issuer.claims(sub="alice")).encode()
     token = _sign_raw(issuer, _header_json(issuer, b64=False), claims)
@@ -700,7 +734,7 @@ def test_every_final_character_is_judged_as_a_re_encoding_would(body: str) -> No
             else:
                 canonical = len(segment) % 4 != 1 and b64(decoded) == segment
             try:
-                got = tokens_module._segment(segment.encode(), "segment")
+                got = _jws.segment_bytes(segment.encode(), "segment")
             except IdentityError:
                 assert not canonical, segment
             else:
@@ -721,5 +755,5 @@ async def test_a_refused_header_is_refused_again_and_memory_stays_bounded(
     for n in range(300):
         identity = await v.verify(issuer.mint(sub="alice", headers={"x-n": n}))
         assert identity.user_id == "alice"
-    assert len(tokens_module._HEADERS) <= 256
+    assert len(_jws.HEADERS) <= 256
     await refused(v, issuer.mint(headers={"crit": ["exp"], "exp": 1}))

@@ -1,0 +1,95 @@
+"""Identity handed on: the `x-user-*` headers for the app or an upstream, and Starlette's
+`request.user` / `request.auth`."""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import quote
+
+from asgi_identity._http.headers import Headers
+from asgi_identity.identity import Identity
+
+# Forwarded values are percent-encoded (UTF-8) when they hold anything beyond plain printable
+# ASCII, and always for `%` and `,`, so a comma-joined list splits back exactly, and a value can
+# never smuggle a header or a second list item. Plain values pass unchanged.
+_FORWARD_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in "%,")
+
+
+_PLAIN = re.compile(r"[!-$&-+\--~]*")
+
+
+def forward_value(value: str) -> bytes:
+    if _PLAIN.fullmatch(value):
+        return value.encode("ascii")
+    return quote(value, safe=_FORWARD_SAFE).encode("ascii")
+
+
+def forwarded_headers(identity: Identity, prefix: bytes) -> Headers:
+    """The `<prefix>*` headers that carry `identity` to the app or an upstream.
+
+    IdentityMiddleware caches the result by the fields read here: read a new one, key it there too.
+    """
+    headers: Headers = [(prefix + b"source", identity.source.encode("ascii"))]
+    if identity.user_id:
+        headers.append((prefix + b"id", forward_value(identity.user_id)))
+    if identity.email:
+        headers.append((prefix + b"email", forward_value(identity.email)))
+    if identity.group:
+        headers.append((prefix + b"group", forward_value(identity.group)))
+    if identity.tenant:
+        headers.append((prefix + b"tenant", forward_value(identity.tenant)))
+    if identity.roles:
+        roles = b",".join(forward_value(role) for role in sorted(identity.roles))
+        headers.append((prefix + b"roles", roles))
+    if identity.client_id:
+        headers.append((prefix + b"client-id", forward_value(identity.client_id)))
+    return headers
+
+
+class IdentityUser:
+    """`request.user` for Starlette-style apps (`is_authenticated`, `display_name`)."""
+
+    __slots__ = ("identity",)
+
+    def __init__(self, identity: Identity) -> None:
+        self.identity = identity
+
+    @property
+    def is_authenticated(self) -> bool:
+        return self.identity.source != "anonymous"
+
+    @property
+    def display_name(self) -> str:
+        identity = self.identity
+        return identity.name or identity.email or identity.user_id or identity.client_id or ""
+
+    @property
+    def identity_source(self) -> str:
+        return self.identity.source
+
+    def __repr__(self) -> str:
+        return f"IdentityUser({self.identity.subject!r}, source={self.identity.source!r})"
+
+
+class IdentityAuth:
+    """`request.auth` for Starlette-style apps: `.scopes` as `@requires()` expects them.
+
+    Like Starlette's own backends, an authenticated request also carries the `authenticated` scope.
+    """
+
+    __slots__ = ("_scopes", "identity")
+
+    def __init__(self, identity: Identity) -> None:
+        self.identity = identity
+        self._scopes: list[str] | None = None
+
+    @property
+    def scopes(self) -> list[str]:
+        # Built on first use: most requests never look.
+        if self._scopes is None:
+            identity = self.identity
+            scopes = sorted(identity.scopes)
+            if identity.source != "anonymous" and "authenticated" not in identity.scopes:
+                scopes.insert(0, "authenticated")
+            self._scopes = scopes
+        return self._scopes
