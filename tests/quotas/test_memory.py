@@ -7,13 +7,16 @@ import asyncio
 from _ratelimit_support import llm_app
 from asgi_identity.identity import Identity
 from asgi_identity.middleware.ratelimit import UserRateLimit
+from asgi_identity.quotas._memory import MemoryQuotas
 from asgi_identity.types import Message, Scope
 
 
 async def test_moving_window_memory_is_freed_for_identities_gone_quiet() -> None:
     """20,000 people call once: after their window, the sweep keeps nothing of any of them."""
     limiter = UserRateLimit(llm_app(), limits="5/second", strategy="moving-window")
-    memory = limiter._memory  # what is kept in memory is only visible on the storage itself
+    quotas = limiter._quotas  # what is kept in memory is only visible on the storage itself
+    assert isinstance(quotas, MemoryQuotas)
+    memory = quotas.memory
     assert memory is not None
 
     async def send(message: Message) -> None:

@@ -26,11 +26,11 @@ def test_a_new_identity_object_for_the_same_person_reuses_the_plan() -> None:
         )
 
     scope: Scope = {"type": "http", "headers": []}
-    plan = limiter._plan(bob(), scope)
-    assert limiter._plan(bob(), scope) is plan
-    assert limiter._plan(bob(group="pro"), scope) is not plan
+    plan = limiter._planner.plan(bob(), scope)
+    assert limiter._planner.plan(bob(), scope) is plan
+    assert limiter._planner.plan(bob(group="pro"), scope) is not plan
     key = APIKey(id="k1", sha256=hash_api_key("secret"), rate_limit="1/second")
-    with_key = limiter._plan(bob(api_key=key), scope)
+    with_key = limiter._planner.plan(bob(api_key=key), scope)
     assert with_key is not plan
     assert with_key.requests is not None
     assert with_key.requests[0].amount == 1

@@ -1,20 +1,16 @@
-"""UserRateLimit's private parts: limit strings, bucket keys, client addresses and header values."""
+"""Windows and tiers: limit strings, whose bucket a request counts in, and what a window answers."""
 
 from __future__ import annotations
 
 import ipaddress
 import math
-import re
-import time
 from collections.abc import Iterable, Mapping
 from functools import lru_cache
-from typing import Any
+from typing import Literal, NamedTuple
 from urllib.parse import quote
 
 from limits import RateLimitItem, parse_many
-from limits.storage import MemoryStorage as InProcessStorage
 
-from asgi_identity._http.body import JSONPairs, loads_pairs
 from asgi_identity.identity import Identity
 from asgi_identity.types import Scope
 
@@ -49,7 +45,39 @@ class Window:
         return f"Window({self.name!r}, {self.amount})"
 
 
-def parse_limit(spec: LimitSpec, kind: str, where: str) -> tuple[Window, ...] | None:
+Windows = tuple[Window, ...] | None
+
+
+#: Where a request left one window, as the `RateLimit` header says it: (window, remaining, seconds
+#: until it frees up). A plain tuple, not a NamedTuple: the memory path builds one per window per
+#: request, and a NamedTuple costs five times as much to build.
+WindowState = tuple[Window, int, int]
+
+
+class Decision(NamedTuple):
+    """What the storage answers about one request (limits' `WindowStats`, for several windows)."""
+
+    states: tuple[WindowState, ...]  # the windows counted, in order: the RateLimit header
+    refused: WindowState | None  # the window that said no, if one did (also the last state)
+    #: Set when the storage could not answer: "open" goes on without counting or headers,
+    #: "closed" answers 503. Decided by the storage adapter's failure policy, not by the layer.
+    outage: Literal["open", "closed"] | None
+
+
+_tuple_new = tuple.__new__
+
+
+def decided(states: tuple[WindowState, ...], refused: WindowState | None = None) -> Decision:
+    """`Decision(states, refused, None)`, built without NamedTuple's Python-level `__new__`
+    (the same object, at a third of the cost: every request counted in memory builds one)."""
+    return _tuple_new(Decision, (states, refused, None))
+
+
+#: Nothing to count (no request windows): admitted, nothing to say.
+NOTHING_COUNTED = Decision((), None, None)
+
+
+def parse_limit(spec: LimitSpec, kind: str, where: str) -> Windows:
     """Windows of `spec` (`"10/second;1000/day"`), shortest first; None means unlimited."""
     if spec is None or (isinstance(spec, str) and spec.strip().lower() == UNLIMITED):
         return None
@@ -72,9 +100,7 @@ def parse_limit(spec: LimitSpec, kind: str, where: str) -> tuple[Window, ...] | 
     return tuple(windows)
 
 
-def parse_tiers(
-    tiers: Mapping[str, LimitSpec], kind: str, option: str
-) -> dict[str, tuple[Window, ...] | None]:
+def parse_tiers(tiers: Mapping[str, LimitSpec], kind: str, option: str) -> dict[str, Windows]:
     if not isinstance(tiers, Mapping):
         raise TypeError(f"UserRateLimit: {option} must map a group name to a limit")
     return {
@@ -170,134 +196,5 @@ def per_window(window: Window) -> str:
     return unit if window.item.multiples == 1 else f"{window.item.multiples} {unit}s"
 
 
-def policy_header(windows: Iterable[Window]) -> bytes:
-    """`RateLimit-Policy` (IETF httpapi draft): `"requests-minute";q=60;w=60, ...`."""
-    return ", ".join(f'"{w.name}";q={w.amount};w={w.seconds}' for w in windows).encode()
-
-
 def seconds_until(reset: float, now: float) -> int:
     return max(0, math.ceil(reset - now))
-
-
-def ratelimit_header(states: Iterable[tuple[Window, int, int]]) -> bytes:
-    """`RateLimit`: `"requests-minute";r=59;t=30, ...` from (window, remaining, seconds to reset)."""
-    return b", ".join([b"%s%d;t=%d" % (w.remaining_head, max(0, r), t) for w, r, t in states])
-
-
-#: Request fields that cap a completion's output, across the supported APIs.
-_OUTPUT_CAPS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
-_OUTPUT_CAP_SET = frozenset(_OUTPUT_CAPS)
-
-_OPENS_OBJECT = re.compile(rb"[ \t\n\r]*\{")
-# Byte-order marks and the NUL bytes of UTF-16/32, all of which json.loads() accepts.
-_OTHER_ENCODINGS = re.compile(rb"\xef\xbb\xbf|\xff\xfe|\xfe\xff|.?\x00", re.DOTALL)
-
-
-def _valid_cap(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
-
-
-def body_output_cap(body: bytes) -> tuple[bool, int | None]:
-    """(whether a request body is a JSON object, the output-token cap it asks for).
-
-    Only a body that may name a cap is parsed; any other one opening with `{` is taken for an
-    object without parsing it (metering a malformed body costs nothing: a refused or failed
-    call is refunded). When the body repeats a cap field, parsers disagree on which value the
-    upstream sees, so the largest one counts.
-    """
-    if _OPENS_OBJECT.match(body):
-        if b"max_" not in body and b"\\u" not in body:
-            return True, None
-    elif not _OTHER_ENCODINGS.match(body):
-        return False, None  # not an object in any encoding json.loads() reads
-    # A body can only name a cap with the field's name spelled out, or spelled with \u escapes
-    # (JSON's only other way to write those letters); any other one was answered above.
-    parsed = loads_pairs(body)
-    if not isinstance(parsed, JSONPairs):
-        return parsed is None and _OPENS_OBJECT.match(body) is not None, None
-    found: dict[str, list[Any]] = {}
-    for key, value in parsed:
-        if key in _OUTPUT_CAP_SET:
-            found.setdefault(key, []).append(value)
-    if any(len(values) > 1 for values in found.values()):
-        valid = [v for values in found.values() for v in values if _valid_cap(v)]
-        return True, max(valid, default=None)
-    for field in _OUTPUT_CAPS:
-        values = found.get(field)
-        if values and _valid_cap(values[0]):
-            return True, values[0]
-    return True, None
-
-
-# How often, at most, expired counters are swept out of memory (a counter read after its window is
-# dropped on the spot; the sweep only frees the ones nobody asks about again).
-_SWEEP_EVERY = 5.0
-
-
-class SweptMemoryStorage(InProcessStorage):
-    """limits' memory storage, with expired entries swept inline every few seconds.
-
-    limits schedules the sweep on a 10 ms `threading.Timer`, which starts a new thread every
-    10 ms under load and makes the request that starts it wait for the thread: here that cost
-    more than the counting itself. The event loop is the only writer, so the sweep runs on it.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.timer.cancel()  # the one limits starts on construction; sweeps happen inline
-        self._next_sweep = time.monotonic() + _SWEEP_EVERY
-        self._next_sweep_at = time.time() + _SWEEP_EVERY  # the same moment, on count()'s clock
-
-    # Overrides limits' private hook, so the name is the mangled one; if limits renames it, its
-    # own timer comes back: slower, never wrong.
-    def _MemoryStorage__schedule_expiry(self) -> None:
-        now = time.monotonic()
-        if now >= self._next_sweep:
-            self._next_sweep = now + _SWEEP_EVERY
-            self._next_sweep_at = time.time() + _SWEEP_EVERY
-            self._MemoryStorage__expire_events()  # type: ignore[attr-defined]
-            # limits' sweep empties the moving window's event lists but keeps them: one per
-            # identity ever seen would stay in memory for good.
-            events = self.events
-            for key in [key for key, entries in events.items() if not entries]:
-                del events[key]
-
-    def count(self, key: str, expiry: int, amount: int, now: float) -> tuple[int, float]:
-        """`incr(key, expiry, amount)` and then `get_expiry(key)`, in one step at time `now`.
-
-        The same counter, expiry and sweep as limits' own methods (which read the clock three
-        times and look the key up again for its expiry).
-        """
-        expirations = self.expirations
-        expires: float = expirations.get(key, 0)
-        storage = self.storage
-        if expires <= now:
-            storage.pop(key, None)
-            expirations.pop(key, None)
-            self.locks.pop(key, None)
-        if now >= self._next_sweep_at:  # the sweep's own check, on the clock already read
-            self._MemoryStorage__schedule_expiry()
-        with self.locks[key]:
-            value: int = storage[key] + amount
-            storage[key] = value
-            if value == amount:
-                expires = expirations[key] = now + expiry
-        return value, expires
-
-
-# limits wraps these methods of every Storage subclass (again for this one) to turn backend errors
-# into StorageError when wrap_exceptions is set; it is not set here and memory has no backend,
-# so the calls go straight to limits' own code.
-for _name in ("incr", "get", "get_expiry", "check", "reset", "clear"):
-    _method = getattr(InProcessStorage, _name)
-    setattr(SweptMemoryStorage, _name, getattr(_method, "__wrapped__", _method))
-
-
-def content_length(scope: Scope) -> int:
-    for name, value in scope["headers"]:
-        if name.lower() == b"content-length":
-            try:
-                return max(0, int(value))
-            except ValueError:
-                return 0
-    return 0
