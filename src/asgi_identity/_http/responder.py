@@ -1,7 +1,7 @@
 """The one responder of a request: everything the layers add to the response, in one place.
 
 Layers register what they add while they decide (rate-limit headers, the conversation echo) and
-what watches the body (usage metering); the first layer that needs it wraps `send` once. Watchers
+what watches the response (usage metering); the first layer that needs it wraps `send` once. Watchers
 see each body chunk before it is forwarded, so a watcher that reads usage from the last chunk
 sets its span attributes while the server span of the ASGI instrumentation is still open.
 """
@@ -12,8 +12,8 @@ from collections.abc import Callable
 
 from asgi_identity.types import Message, Send
 
-#: A body watcher: called with each `http.response.body` message before it is forwarded.
-BodyWatcher = Callable[[Message], None]
+#: A response watcher: called with the start and each body message before it is forwarded.
+Watcher = Callable[[Message], None]
 _STARTS = frozenset({"http.response.start", "websocket.accept"})
 
 
@@ -24,7 +24,7 @@ class Responder:
         self._send: Send | None = None
         #: Added to the response's headers unless the app already set a header of that name.
         self.headers: list[tuple[bytes, bytes]] = []
-        self.watchers: list[Callable[[Message], None]] = []
+        self.watchers: list[Watcher] = []
         self.started = False
         self.status = 0
 
@@ -37,15 +37,13 @@ class Responder:
         return self._forward
 
     async def _forward(self, message: Message) -> None:
-        kind = message["type"]
-        if kind in _STARTS:
+        if message["type"] in _STARTS:
             self.started = True
             self.status = message.get("status", 0)
             if self.headers:
                 message["headers"] = _merged(message.get("headers", ()), self.headers)
-        elif kind == "http.response.body" and self.watchers:
-            for watch in self.watchers:
-                watch(message)
+        for watch in self.watchers:
+            watch(message)
         assert self._send is not None
         await self._send(message)
 

@@ -6,15 +6,12 @@ values found are read by `_header_values`; identity is forwarded by `_forwarded`
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Iterable
 
 from asgi_identity._http.headers import Headers
 from asgi_identity.errors import IdentityError
 from asgi_identity.identity import Identity
-
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 _TOKEN_CHARS = re.compile(r"[a-z0-9!#$%&'*+.^_`|~-]+")
 _COOKIE_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
@@ -34,60 +31,6 @@ def cookie_name(value: object) -> bytes:
     if not isinstance(value, str) or not _COOKIE_NAME.fullmatch(value):
         raise ValueError(f"IdentityMiddleware: token_cookie={value!r} is not a valid cookie name")
     return value.encode("ascii")
-
-
-class TrustedNetworks:
-    """Peers allowed to assert identity in headers, parsed once (as uvicorn's proxy headers do).
-
-    A peer without an address (a Unix socket) is never trusted: list its networks explicitly.
-    """
-
-    __slots__ = ("_networks",)
-
-    def __init__(self, networks: Iterable[str | IPNetwork]) -> None:
-        if isinstance(networks, str):
-            raise TypeError(
-                "IdentityMiddleware: trusted_header_networks must be a list of networks, "
-                "not a string"
-            )
-        parsed: list[IPNetwork] = []
-        for network in networks:
-            if isinstance(network, ipaddress.IPv4Network | ipaddress.IPv6Network):
-                parsed.append(network)
-                continue
-            if not isinstance(network, str):
-                raise TypeError(
-                    f"IdentityMiddleware: trusted network {network!r} must be a string like "
-                    "'10.0.0.0/8' or an ipaddress network"
-                )
-            if network.strip() == "*":
-                # Trusting every peer lets anyone on the internet claim any email address.
-                raise ValueError(
-                    "IdentityMiddleware: '*' is not accepted in trusted_header_networks; "
-                    "list the networks of the backends that send X-User-Email"
-                )
-            try:
-                parsed.append(ipaddress.ip_network(network.strip(), strict=False))
-            except ValueError:
-                raise ValueError(
-                    f"IdentityMiddleware: trusted network {network!r} is not an IP address "
-                    "or network"
-                ) from None
-        self._networks = tuple(parsed)
-
-    def __bool__(self) -> bool:
-        return bool(self._networks)
-
-    def trusts(self, client: object) -> bool:
-        if not self._networks or not client:
-            return False
-        try:
-            address = ipaddress.ip_address(client[0])  # type: ignore[index]
-        except (ValueError, TypeError, IndexError):
-            return False
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
-        return any(address in network for network in self._networks)
 
 
 class Presented:

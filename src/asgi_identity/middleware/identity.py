@@ -8,7 +8,8 @@ import logging
 from collections.abc import Collection, Iterable, Sequence
 
 from asgi_identity import telemetry
-from asgi_identity._http.headers import MAX_HEADER_VALUE, normalized_name
+from asgi_identity._http.headers import MAX_HEADER_VALUE
+from asgi_identity._http.peers import IPNetwork, TrustedPeers
 from asgi_identity.credentials._forwarded import IdentityAuth, IdentityUser, forwarded_headers
 from asgi_identity.credentials._header_values import (
     bearer_value,
@@ -17,9 +18,7 @@ from asgi_identity.credentials._header_values import (
 )
 from asgi_identity.credentials._presented import (
     HeaderReader,
-    IPNetwork,
     Presented,
-    TrustedNetworks,
     cookie_name,
     header_name,
 )
@@ -92,7 +91,9 @@ class IdentityMiddleware:
         keys = list(api_keys)
         self._verifier = self._build_verifier(issuers, token_verifier)
         self._store = self._build_store(keys, api_key_store)
-        self._trusted = TrustedNetworks(trusted_header_networks)
+        self._trusted = TrustedPeers(
+            trusted_header_networks, option="IdentityMiddleware: trusted_header_networks"
+        )
         self._allow_anonymous = bool(allow_anonymous)
         if (
             self._verifier is None
@@ -307,7 +308,7 @@ class IdentityMiddleware:
 
     def _without_key_bearer(self, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
         token_header = self._token_header
-        return [(n, v) for n, v in headers if normalized_name(n) != token_header]
+        return [(n, v) for n, v in headers if n.lower() != token_header]
 
     async def _identify(self, scope: Scope, presented: Presented) -> Identity:
         token, bearer_key = self._classify(presented)
@@ -329,7 +330,7 @@ class IdentityMiddleware:
         header_group: str | None = None
         if (presented.emails or presented.groups) and (
             (record is not None and record.header_identity)
-            or (bool(self._trusted) and self._trusted.trusts(scope.get("client")))
+            or (bool(self._trusted) and self._trusted.trusts_client(scope.get("client")))
         ):
             email = header_email(presented.emails, self._email_header_name)
             header_group = header_group_value(presented.groups)

@@ -1,19 +1,16 @@
-"""UserRateLimit's private parts: limit strings, bucket keys, client addresses and header values."""
+"""Windows and tiers: limit strings, whose bucket a request counts in, and what a window answers."""
 
 from __future__ import annotations
 
-import ipaddress
 import math
-import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from functools import lru_cache
+from typing import Literal, NamedTuple
 from urllib.parse import quote
 
 from limits import RateLimitItem, parse_many
-from limits.storage import MemoryStorage as InProcessStorage
 
 from asgi_identity.identity import Identity
-from asgi_identity.types import Scope
 
 #: Spelled in a limit string (or an API key's override) for "no limit at all".
 UNLIMITED = "unlimited"
@@ -46,7 +43,39 @@ class Window:
         return f"Window({self.name!r}, {self.amount})"
 
 
-def parse_limit(spec: LimitSpec, kind: str, where: str) -> tuple[Window, ...] | None:
+Windows = tuple[Window, ...] | None
+
+
+#: Where a request left one window, as the `RateLimit` header says it: (window, remaining, seconds
+#: until it frees up). A plain tuple, not a NamedTuple: the memory path builds one per window per
+#: request, and a NamedTuple costs five times as much to build.
+WindowState = tuple[Window, int, int]
+
+
+class Decision(NamedTuple):
+    """What the storage answers about one request (limits' `WindowStats`, for several windows)."""
+
+    states: tuple[WindowState, ...]  # the windows counted, in order: the RateLimit header
+    refused: WindowState | None  # the window that said no, if one did (also the last state)
+    #: Set when the storage could not answer: "open" goes on without counting or headers,
+    #: "closed" answers 503. Decided by the storage adapter's failure policy, not by the layer.
+    outage: Literal["open", "closed"] | None
+
+
+_tuple_new = tuple.__new__
+
+
+def decided(states: tuple[WindowState, ...], refused: WindowState | None = None) -> Decision:
+    """`Decision(states, refused, None)`, built without NamedTuple's Python-level `__new__`
+    (the same object, at a third of the cost: every request counted in memory builds one)."""
+    return _tuple_new(Decision, (states, refused, None))
+
+
+#: Nothing to count (no request windows): admitted, nothing to say.
+NOTHING_COUNTED = Decision((), None, None)
+
+
+def parse_limit(spec: LimitSpec, kind: str, where: str) -> Windows:
     """Windows of `spec` (`"10/second;1000/day"`), shortest first; None means unlimited."""
     if spec is None or (isinstance(spec, str) and spec.strip().lower() == UNLIMITED):
         return None
@@ -69,9 +98,7 @@ def parse_limit(spec: LimitSpec, kind: str, where: str) -> tuple[Window, ...] | 
     return tuple(windows)
 
 
-def parse_tiers(
-    tiers: Mapping[str, LimitSpec], kind: str, option: str
-) -> dict[str, tuple[Window, ...] | None]:
+def parse_tiers(tiers: Mapping[str, LimitSpec], kind: str, option: str) -> dict[str, Windows]:
     if not isinstance(tiers, Mapping):
         raise TypeError(f"UserRateLimit: {option} must map a group name to a limit")
     return {
@@ -106,140 +133,11 @@ def bucket_key(identity: Identity, address: str | None) -> tuple[str, ...] | Non
     return None
 
 
-class TrustedProxies:
-    """Peers whose X-Forwarded-For is believed, parsed once (addresses and networks)."""
-
-    __slots__ = ("_all", "_networks")
-
-    def __init__(self, proxies: Iterable[str]) -> None:
-        if isinstance(proxies, str):
-            raise TypeError("UserRateLimit: trusted_proxies must be a list of addresses")
-        self._all = False
-        networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
-        for proxy in proxies:
-            if proxy == "*":
-                self._all = True
-                continue
-            try:
-                networks.append(ipaddress.ip_network(proxy.strip(), strict=False))
-            except ValueError:
-                raise ValueError(
-                    f"UserRateLimit: trusted proxy {proxy!r} is not an IP address or network"
-                ) from None
-        self._networks = tuple(networks)
-
-    def __bool__(self) -> bool:
-        return self._all or bool(self._networks)
-
-    def trusts(self, host: str) -> bool:
-        if self._all:
-            return True
-        try:
-            address = ipaddress.ip_address(host)
-        except ValueError:
-            return False
-        return any(address in network for network in self._networks)
-
-    def client_address(self, scope: Scope) -> str | None:
-        """The client's address: the peer, or, behind trusted proxies, the nearest untrusted hop."""
-        client = scope.get("client")
-        peer: str | None = client[0] if client else None
-        if peer is None or not self or not self.trusts(peer):
-            return peer
-        forwarded: list[str] = []
-        for name, value in scope["headers"]:
-            if name.lower() == b"x-forwarded-for":
-                forwarded.extend(hop.strip() for hop in value.decode("latin-1").split(","))
-        # Walk back from the hop nearest to us: the first address we do not trust is the client.
-        # Everything left of it was written by the client and proves nothing.
-        for hop in reversed(forwarded):
-            if not hop:
-                continue
-            if not self.trusts(hop):
-                return hop
-            peer = hop
-        return peer
-
-
 def per_window(window: Window) -> str:
     """How a window reads in a message: "minute", "10 minutes"."""
     unit = window.item.GRANULARITY.name
     return unit if window.item.multiples == 1 else f"{window.item.multiples} {unit}s"
 
 
-def policy_header(windows: Iterable[Window]) -> bytes:
-    """`RateLimit-Policy` (IETF httpapi draft): `"requests-minute";q=60;w=60, ...`."""
-    return ", ".join(f'"{w.name}";q={w.amount};w={w.seconds}' for w in windows).encode()
-
-
 def seconds_until(reset: float, now: float) -> int:
     return max(0, math.ceil(reset - now))
-
-
-def ratelimit_header(states: Iterable[tuple[Window, int, int]]) -> bytes:
-    """`RateLimit`: `"requests-minute";r=59;t=30, ...` from (window, remaining, seconds to reset)."""
-    return b", ".join([b"%s%d;t=%d" % (w.remaining_head, max(0, r), t) for w, r, t in states])
-
-
-# How often, at most, expired counters are swept out of memory (a counter read after its window is
-# dropped on the spot; the sweep only frees the ones nobody asks about again).
-_SWEEP_EVERY = 5.0
-
-
-class SweptMemoryStorage(InProcessStorage):
-    """limits' memory storage, with expired entries swept inline every few seconds.
-
-    limits schedules the sweep on a 10 ms `threading.Timer`, which starts a new thread every
-    10 ms under load and makes the request that starts it wait for the thread: here that cost
-    more than the counting itself. The event loop is the only writer, so the sweep runs on it.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.timer.cancel()  # the one limits starts on construction; sweeps happen inline
-        self._next_sweep = time.monotonic() + _SWEEP_EVERY
-        self._next_sweep_at = time.time() + _SWEEP_EVERY  # the same moment, on count()'s clock
-
-    # Overrides limits' private hook, so the name is the mangled one; if limits renames it, its
-    # own timer comes back: slower, never wrong.
-    def _MemoryStorage__schedule_expiry(self) -> None:
-        now = time.monotonic()
-        if now >= self._next_sweep:
-            self._next_sweep = now + _SWEEP_EVERY
-            self._next_sweep_at = time.time() + _SWEEP_EVERY
-            self._MemoryStorage__expire_events()  # type: ignore[attr-defined]
-            # limits' sweep empties the moving window's event lists but keeps them: one per
-            # identity ever seen would stay in memory for good.
-            events = self.events
-            for key in [key for key, entries in events.items() if not entries]:
-                del events[key]
-
-    def count(self, key: str, expiry: int, amount: int, now: float) -> tuple[int, float]:
-        """`incr(key, expiry, amount)` and then `get_expiry(key)`, in one step at time `now`.
-
-        The same counter, expiry and sweep as limits' own methods (which read the clock three
-        times and look the key up again for its expiry).
-        """
-        expirations = self.expirations
-        expires: float = expirations.get(key, 0)
-        storage = self.storage
-        if expires <= now:
-            storage.pop(key, None)
-            expirations.pop(key, None)
-            self.locks.pop(key, None)
-        if now >= self._next_sweep_at:  # the sweep's own check, on the clock already read
-            self._MemoryStorage__schedule_expiry()
-        with self.locks[key]:
-            value: int = storage[key] + amount
-            storage[key] = value
-            if value == amount:
-                expires = expirations[key] = now + expiry
-        return value, expires
-
-
-# limits wraps these methods of every Storage subclass (again for this one) to turn backend errors
-# into StorageError when wrap_exceptions is set; it is not set here and memory has no backend,
-# so the calls go straight to limits' own code.
-for _name in ("incr", "get", "get_expiry", "check", "reset", "clear"):
-    _method = getattr(InProcessStorage, _name)
-    setattr(SweptMemoryStorage, _name, getattr(_method, "__wrapped__", _method))

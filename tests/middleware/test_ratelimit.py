@@ -9,8 +9,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from _ratelimit_support import (
     REDIS_URI,
@@ -24,7 +22,6 @@ from asgi_identity.credentials.apikeys import APIKey, hash_api_key
 from asgi_identity.errors import MiddlewareOrderError
 from asgi_identity.identity import Identity
 from asgi_identity.middleware.ratelimit import UserRateLimit
-from asgi_identity.quotas._windows import TrustedProxies, bucket_key, parse_limit
 from asgi_identity.testing import with_identity
 from asgi_identity.types import Message, Scope
 
@@ -245,17 +242,6 @@ async def test_identities_share_a_bucket_only_when_they_are_the_same(
     assert await statuses(with_identity(limiter, second), 1) == ([429] if shared else [200])
 
 
-@given(
-    st.lists(st.text(max_size=8), min_size=1, max_size=3),
-    st.lists(st.text(max_size=8), min_size=1, max_size=3),
-)
-def test_distinct_subjects_never_make_the_same_storage_key(a: list[str], b: list[str]) -> None:
-    first = jwt_user("/".join(a[1:]) or "u", a[0])
-    second = jwt_user("/".join(b[1:]) or "u", b[0])
-    if (first.issuer, first.user_id) != (second.issuer, second.user_id):
-        assert "/".join(bucket_key(first, None) or ()) != "/".join(bucket_key(second, None) or ())
-
-
 # -- anonymous traffic and proxies ------------------------------------------------------------
 
 
@@ -282,37 +268,6 @@ async def test_anonymous_refuse_answers_401(backend: Backend) -> None:
 async def test_anonymous_unlimited_lets_every_request_through(backend: Backend) -> None:
     app = identify(limited(backend, limits="1/minute", anonymous="unlimited"))
     assert await statuses(app, 5) == [200] * 5
-
-
-def http_scope(peer: str | None, forwarded: list[str]) -> Scope:
-    return {
-        "type": "http",
-        "client": (peer, 5000) if peer else None,
-        "headers": [(b"x-forwarded-for", value.encode()) for value in forwarded],
-    }
-
-
-@pytest.mark.parametrize(
-    ("trusted", "peer", "forwarded", "client_address"),
-    [
-        ([], "203.0.113.7", ["198.51.100.1"], "203.0.113.7"),  # no trusted proxies: the peer
-        (["10.0.0.1"], "203.0.113.7", ["198.51.100.1"], "203.0.113.7"),  # peer not trusted
-        (["10.0.0.1"], "10.0.0.1", ["198.51.100.1"], "198.51.100.1"),
-        (["10.0.0.1"], "10.0.0.1", [], "10.0.0.1"),  # a trusted proxy that forwards nothing
-        (["10.0.0.0/8"], "10.0.0.2", ["1.1.1.1, 198.51.100.1, 10.0.0.3"], "198.51.100.1"),
-        (["10.0.0.0/8"], "10.0.0.2", ["1.1.1.1", "198.51.100.1"], "198.51.100.1"),  # two headers
-        (["10.0.0.0/8"], "10.0.0.2", ["10.0.0.5, 10.0.0.4"], "10.0.0.5"),  # all trusted: leftmost
-        (["10.0.0.0/8"], "10.0.0.2", ["garbage, 198.51.100.1"], "198.51.100.1"),
-        (["10.0.0.0/8"], "10.0.0.2", ["198.51.100.1, not-an-ip"], "not-an-ip"),
-        (["*"], "192.0.2.1", ["198.51.100.1, 192.0.2.9"], "198.51.100.1"),
-        (["::1"], "::1", ["2001:db8::1"], "2001:db8::1"),
-        ([], None, ["198.51.100.1"], None),
-    ],
-)
-def test_forwarded_for_is_believed_only_from_trusted_proxies(
-    trusted: list[str], peer: str | None, forwarded: list[str], client_address: str | None
-) -> None:
-    assert TrustedProxies(trusted).client_address(http_scope(peer, forwarded)) == client_address
 
 
 # -- modes, paths and the shape of the stack -------------------------------------------------
@@ -397,7 +352,7 @@ async def test_usage_reports_used_remaining_and_reset(backend: Backend) -> None:
         ({"anonymous": "allow"}, "anonymous must be one of"),
         ({"on_storage_error": "ignore"}, "on_storage_error"),
         ({"storage_timeout": 0}, "storage_timeout"),
-        ({"trusted_proxies": "10.0.0.1"}, "list of addresses"),
+        ({"trusted_proxies": "10.0.0.1"}, "list of networks"),
         ({"trusted_proxies": ["proxy.internal"]}, "not an IP address"),
         ({"key_prefix": "a/b"}, "key_prefix"),
         ({"mode": "shadow"}, "mode must be"),
@@ -409,23 +364,6 @@ async def test_usage_reports_used_remaining_and_reset(backend: Backend) -> None:
 def test_bad_configuration_fails_at_construction(options: dict[str, Any], message: str) -> None:
     with pytest.raises((ValueError, TypeError), match=message):
         UserRateLimit(llm_app(), **options)
-
-
-@pytest.mark.parametrize(
-    ("spec", "names"),
-    [
-        ("60/minute", ["requests-minute"]),
-        ("1000/day;10/second", ["requests-second", "requests-day"]),
-        ("10 per 5 minutes", ["requests-5minute"]),
-        (None, None),
-        ("unlimited", None),
-    ],
-)
-def test_limit_strings_parse_shortest_window_first(
-    spec: str | None, names: list[str] | None
-) -> None:
-    windows = parse_limit(spec, "requests", "limits")
-    assert (None if windows is None else [w.name for w in windows]) == names
 
 
 def test_usage_is_json_serializable() -> None:
@@ -497,54 +435,3 @@ async def test_a_bad_key_override_falls_back_to_each_requests_own_tier(backend: 
         identity = Identity(source="api_key", client_id=record.id, group=group, api_key=record)
         codes = await statuses(with_identity(limiter, identity), 5)
         assert codes == [200] * admitted + [429] * (5 - admitted)
-
-
-async def test_moving_window_memory_is_freed_for_identities_gone_quiet() -> None:
-    """20,000 people call once: after their window, the sweep keeps nothing of any of them."""
-    limiter = UserRateLimit(llm_app(), limits="5/second", strategy="moving-window")
-    memory = limiter._memory  # what is kept in memory is only visible on the storage itself
-    assert memory is not None
-
-    async def send(message: Message) -> None:
-        pass
-
-    async def receive() -> Message:
-        return {"type": "http.request", "body": b""}
-
-    def scope(user: str) -> Scope:
-        identity = Identity(source="jwt", user_id=user, issuer="https://issuer.test")
-        return {"type": "http", "method": "GET", "path": "/", "headers": [], "identity": identity}
-
-    for number in range(20_000):
-        await limiter(scope(f"user-{number}"), receive, send)
-    assert len(memory.events) == 20_000
-    await asyncio.sleep(1.1)  # every window is over
-    memory._next_sweep = memory._next_sweep_at = 0  # sweep now, not in up to 5 s
-    await limiter(scope("someone-new"), receive, send)
-    assert len(memory.events) == 1  # the newcomer's own
-    assert len(memory.locks) <= 1
-
-
-def test_a_new_identity_object_for_the_same_person_reuses_the_plan() -> None:
-    """Header identities are built anew on every request; the same person still hits the cache,
-    and anything the limits depend on (tier, key record) still gets a plan of its own."""
-    limiter = UserRateLimit(llm_app(), limits="10/second;1000/day", tokens="100000/day")
-
-    def bob(**extra: Any) -> Identity:
-        return Identity(
-            source="header",
-            user_id="bob@acme.com",
-            email="bob@acme.com",
-            domain="acme.com",
-            **extra,
-        )
-
-    scope: Scope = {"type": "http", "headers": []}
-    plan = limiter._plan(bob(), scope)
-    assert limiter._plan(bob(), scope) is plan
-    assert limiter._plan(bob(group="pro"), scope) is not plan
-    key = APIKey(id="k1", sha256=hash_api_key("secret"), rate_limit="1/second")
-    with_key = limiter._plan(bob(api_key=key), scope)
-    assert with_key is not plan
-    assert with_key.requests is not None
-    assert with_key.requests[0].amount == 1
