@@ -16,8 +16,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import pytest
-
 from _servers import serve
 from asgi_identity import APIKey, Identity, Rule, hash_api_key, identity_stack
 from asgi_identity._http.view import SCOPE_KEY
@@ -424,7 +422,5 @@ def exchange(base: str, data: bytes, *, head: bool = False) -> Wire:
 
 @contextmanager
 def served(app: ASGIApp, http: str, **config: Any) -> Iterator[str]:
-    if http == "httptools":
-        pytest.importorskip("httptools")
     with serve(app, http=http, **config) as base:
         yield base
