@@ -76,8 +76,10 @@ def test_valid_json_is_read(body: bytes) -> None:
         ({"model": 5}, {"problem": "model must be a string", "model": None}),
         ({"model": "m", "max_tokens": "5"}, {"problem": "output token cap"}),
         ({"model": "m", "max_tokens": -1}, {"problem": "output token cap"}),
-        ({"model": "m", "n": 0}, {"problem": "n must be a positive integer"}),
-        ({"model": "m", "best_of": True}, {"problem": "best_of must be a positive integer"}),
+        ({"model": "m", "n": 0}, {"problem": "n must be an integer from 1 to 128"}),
+        ({"model": "m", "n": 129}, {"problem": "n must be an integer from 1 to 128"}),
+        ({"model": "m", "best_of": True}, {"problem": "best_of must be an integer from 1"}),
+        ({"model": "m", "max_tokens": 10**9}, {"problem": "from 0 to 100000000"}),
         ([{"model": "gpt-4o"}], {"is_object": False, "model": None}),
     ],
 )

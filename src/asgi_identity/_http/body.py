@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from itertools import accumulate
 from typing import Any, Final
 
 from asgi_identity.types import Message, Receive
@@ -22,6 +23,11 @@ MAX_INT_CHARS: Final = 20
 MAX_FLOAT_CHARS: Final = 40
 
 OUTPUT_CAP_FIELDS: Final = ("max_completion_tokens", "max_tokens", "max_output_tokens")
+#: The largest output cap and number of completions a request may ask for: far above what any
+#: model offers, far below what a 64-bit counter holds once multiplied (absurd values are a 400
+#: here, never a storage error later).
+MAX_OUTPUT_CAP: Final = 100_000_000
+MAX_COMPLETIONS: Final = 128
 
 
 class BodyError(ValueError):
@@ -69,16 +75,37 @@ _decoder: Final = json.JSONDecoder(
 _SURROGATE_ESCAPE: Final = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
-def _depth(value: Any) -> int:
-    deepest, stack = 0, [(value, 1)]
+# Strings first (a bracket inside one is not nesting), then every byte that is not a bracket.
+_STRING: Final = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKETS: Final = bytes(b for b in range(256) if b not in b"[]{}")
+_STEP: Final = [0] * 256
+for _open in b"[{":
+    _STEP[_open] = 1
+for _close in b"]}":
+    _STEP[_close] = -1
+
+
+# The parsed value is walked (cost per value) up to this many values; past that the text
+# is scanned at C speed (cost per byte): a megabyte of `[{},{},...]` must not take a second.
+_WALK_AT_MOST: Final = 10_000
+
+
+def _depth(body: bytes, value: Any) -> int:
+    """How deep the objects and arrays of a valid JSON text nest."""
+    deepest, stack, budget = 0, [(value, 1)], _WALK_AT_MOST
     while stack:
         item, depth = stack.pop()
         if isinstance(item, dict):
             item = item.values()
         elif not isinstance(item, list):
             continue
-        deepest = max(deepest, depth)
-        stack.extend((child, depth + 1) for child in item)
+        budget -= len(item)
+        if budget < 0:
+            skeleton = _STRING.sub(b"", body).translate(None, _NOT_BRACKETS)
+            return max(accumulate(map(_STEP.__getitem__, skeleton)), default=0)
+        if depth > deepest:
+            deepest = depth
+        stack.extend([(child, depth + 1) for child in item])
     return deepest
 
 
@@ -100,7 +127,7 @@ def parse_json(body: bytes) -> Any:
             raise
         raise BodyError("The request body is not valid JSON.") from None
     # Depth can only exceed the bound when there are that many brackets at all: a C count first.
-    if body.count(b"{") + body.count(b"[") > MAX_DEPTH and _depth(value) > MAX_DEPTH:
+    if body.count(b"{") + body.count(b"[") > MAX_DEPTH and _depth(body, value) > MAX_DEPTH:
         raise BodyError(f"The request body nests deeper than {MAX_DEPTH} levels.")
     if _SURROGATE_ESCAPE.search(body):
         try:
@@ -147,8 +174,11 @@ class BodyFields:
             self.problem = "The request body's model must be a string."
         caps = [doc[name] for name in OUTPUT_CAP_FIELDS if name in doc]
         counted = [_count(cap) for cap in caps]
-        if None in counted or any(c is not None and c < 0 for c in counted):
-            self.problem = "The request body's output token cap must be a non-negative integer."
+        if None in counted or any(c is not None and not 0 <= c <= MAX_OUTPUT_CAP for c in counted):
+            self.problem = (
+                f"The request body's output token cap must be an integer from 0 to "
+                f"{MAX_OUTPUT_CAP}."
+            )
         # Several cap fields: the upstream may honour any of them, so the largest counts.
         self.output_cap: int | None = max((c for c in counted if c is not None), default=None)
         self.n = self._multiplier(doc, "n")
@@ -170,8 +200,10 @@ class BodyFields:
         if field not in doc or doc[field] is None:
             return None
         value = _count(doc[field])
-        if value is None or value < 1:
-            self.problem = f"The request body's {field} must be a positive integer."
+        if value is None or not 1 <= value <= MAX_COMPLETIONS:
+            self.problem = (
+                f"The request body's {field} must be an integer from 1 to {MAX_COMPLETIONS}."
+            )
             return None
         return value
 

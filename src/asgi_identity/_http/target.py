@@ -14,8 +14,13 @@ STANDARD_METHODS: Final = frozenset(
 )
 
 # In the raw target, an encoded `/` or `\` would become a separator for one reader and stay part
-# of a segment for another; no rewrite makes them agree, so both path policies refuse them.
-_ENCODED_SEPARATOR = re.compile(rb"%(?:2f|5c)", re.IGNORECASE)
+# of a segment for another, and a double-encoded dot or separator becomes one for an upstream
+# that decodes again; no rewrite makes them agree, so both path policies refuse them.
+_ENCODED_SEPARATOR = re.compile(rb"%(?:2f|5c|25(?:2e|2f|5c))", re.IGNORECASE)
+# Characters no reader agrees on: a backslash (a separator to some servers), NUL, a fragment
+# (never part of a request target: h11 keeps it, httptools drops it) and `;` path parameters
+# (servlet-style upstreams strip them, so `/admin;x` and `/x/..;/admin` reach `/admin`).
+_AMBIGUOUS_CHARS = ("\\", "\x00", "#", ";")
 # Bytes that stay as they are in a rewritten raw path: RFC 3986 pchar minus the percent sign.
 _PATH_SAFE = "/:@!$&'()*+,;=-._~"
 
@@ -44,16 +49,36 @@ def canonical_path(path: str) -> str:
     return "/" + "/".join([*out, last]) if out else "/" + last
 
 
+def canonical_under(root: str, path: str) -> str | None:
+    """`path` canonical relative to the mount point `root` (ASGI's root_path), or None when a
+    `..` would climb above it."""
+    if not root or not path.startswith(root) or path[len(root) : len(root) + 1] not in ("/", ""):
+        return canonical_path(path)  # above `/` there is nothing: RFC 3986 stops there
+    prefix, rest = root, path[len(root) :] or "/"
+    depth = 0
+    for segment in rest.split("/")[1:]:
+        if segment == "..":
+            depth -= 1
+            if depth < 0:
+                return None
+        elif segment and segment != ".":
+            depth += 1
+    return prefix + canonical_path(rest)
+
+
 def _needs_work(path: str) -> bool:
-    # The usual path has no dot-segment, no empty segment and no backslash: three C scans.
-    return "/." in path or "//" in path or "\\" in path or "\x00" in path
+    # The usual path has no dot-segment, no empty segment, nothing ambiguous: a few C scans.
+    return "/." in path or "//" in path or any(c in path for c in _AMBIGUOUS_CHARS)
 
 
-def check_path(path: str, raw_path: bytes | None, policy: PathPolicy) -> str | None:
+def check_path(
+    path: str, raw_path: bytes | None, policy: PathPolicy, root_path: str = ""
+) -> str | None:
     """None when `path` is canonical; the rewritten path under "normalize"; TargetRefused else.
 
     `path` is ASGI's decoded path (unreserved characters are already decoded by the server);
-    `raw_path` is the target as sent, where an encoded separator can still be seen.
+    `raw_path` is the target as sent, where an encoded separator can still be seen. A rewrite
+    never climbs above `root_path`, the point the app is mounted at.
     """
     if raw_path is not None and b"%" in raw_path and _ENCODED_SEPARATOR.search(raw_path):
         raise TargetRefused("The request path contains an encoded '/' or '\\'.")
@@ -61,8 +86,11 @@ def check_path(path: str, raw_path: bytes | None, policy: PathPolicy) -> str | N
         raise TargetRefused("The request path must start with '/'.")
     if not _needs_work(path):
         return None
-    if "\\" in path or "\x00" in path:
-        raise TargetRefused("The request path contains a backslash or a NUL byte.")
+    if any(c in path for c in _AMBIGUOUS_CHARS):
+        raise TargetRefused(
+            "The request path contains a character servers read differently "
+            "(a backslash, NUL, '#' or ';')."
+        )
     canonical = canonical_path(path)
     if canonical == path:
         return None  # e.g. /.well-known/: a segment that starts with a dot is not a dot-segment
@@ -71,7 +99,10 @@ def check_path(path: str, raw_path: bytes | None, policy: PathPolicy) -> str | N
             "The request path is not canonical (it has '.' or '..' segments or repeated "
             "slashes); send the path without them."
         )
-    return canonical
+    rewritten = canonical_under(root_path, path)
+    if rewritten is None:
+        raise TargetRefused("The request path climbs above the root it is served under.")
+    return rewritten
 
 
 def raw_path_for(path: str) -> bytes:

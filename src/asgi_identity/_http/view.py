@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from typing import Any, Final
+from urllib.parse import parse_qsl
 
 from asgi_identity._http.body import (
     DEFAULT_MAX_BODY,
@@ -84,7 +85,9 @@ class RequestView:
         view = cls(scope)
         if view.method != "WEBSOCKET":
             check_method(view.method)
-        canonical = check_path(view.path, scope.get("raw_path"), path_policy)
+        canonical = check_path(
+            view.path, scope.get("raw_path"), path_policy, scope.get("root_path") or ""
+        )
         if canonical is not None:
             # Rewritten for every later layer and the app alike: they must route what was judged.
             scope["path"] = view.path = canonical
@@ -131,7 +134,11 @@ class RequestView:
         ):
             return self._fields, receive
         if self.scope["type"] != "http":
-            return NO_BODY, receive
+            # A WebSocket has no body to read before it is accepted: what it asks for is in its
+            # query (OpenAI's Realtime API: `/v1/realtime?model=...`).
+            if self._fields is None:
+                self._fields = _query_fields(self.scope.get("query_string", b""))
+            return self._fields, receive
         self.read_headers()
         declared = self.content_length
         if declared is not None and declared > limit:
@@ -160,6 +167,13 @@ class RequestView:
     def body_size(self) -> int:
         """Bytes of body read so far (0 when no layer read it)."""
         return 0 if self._body is None else self._body.size
+
+
+def _query_fields(query: bytes) -> BodyFields | BodyError:
+    models = [value for name, value in parse_qsl(query.decode("latin-1")) if name == "model"]
+    if len(models) > 1:
+        return BodyError("The request names its model more than once.")
+    return BodyFields({"model": models[0]}) if models else NO_BODY
 
 
 def _too_large(limit: int) -> BodyError:
