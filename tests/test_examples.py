@@ -507,3 +507,30 @@ def test_demo_sends_spans_keyed_by_user_to_the_otlp_endpoint() -> None:
     assert by_user["alice"].attributes["asgi_identity.group"] == "pro"
     assert by_user["alice"].attributes["asgi_identity.decision"] == "allow"
     assert "asgi_identity.rejected" in [name for name, _ in by_user["mallory"].events]
+
+
+@needs_curl
+def test_demo_listening_on_every_interface_prints_requests_to_loopback() -> None:
+    with run_demo("examples.fastapi", HOST="0.0.0.0") as banner:
+        assert "listening on 0.0.0.0 (every interface)" in banner
+        commands = _printed_commands(banner)
+        assert all("127.0.0.1" in argv[2] for _, _, _, argv in commands), banner
+        for title, status, _, argv in commands:
+            if "(tier pro)" in title or "no credential" in title:
+                got_status, body = _curl(argv)
+                assert got_status == status, f"{title}: {body}"
+
+
+def test_demo_on_an_address_it_cannot_reach_itself_says_what_to_do_instead() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "examples.fastapi"],
+        cwd=ROOT,
+        env={**os.environ, "HOST": "192.0.2.10", "PORT": "8000"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "Use HOST=0.0.0.0 to listen on every interface" in result.stderr
+    assert result.stdout == ""

@@ -31,7 +31,7 @@ from asgi_identity.types import Message, Scope
 Backend = tuple[str, str]
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
 async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
     """(storage URI, unique key prefix); Redis keys made under the prefix are deleted after."""
     prefix = unique_prefix()
