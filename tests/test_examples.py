@@ -545,7 +545,7 @@ def test_demo_on_an_address_it_cannot_reach_itself_says_what_to_do_instead() -> 
 async def test_readme_stack_gives_the_pro_tier_its_model_and_refuses_it_to_the_others(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    (snippet,) = code_blocks("README.md", section="In your app")
+    (snippet,) = code_blocks("README.md", section="In your app, layer by layer")
     idp = LocalIssuer(issuer="https://login.acme.com/", audience="gateway", algorithm="ES256")
     real_issuer = asgi_identity.JWTIssuer
 
@@ -587,3 +587,31 @@ async def test_readme_stack_gives_the_pro_tier_its_model_and_refuses_it_to_the_o
         assert carol.status_code == 200, carol.text
         assert carol.json() == {"user": "carol", "tier": "free"}
         assert '"requests-minute";q=10' in carol.headers["ratelimit-policy"]
+
+
+async def test_readme_quick_start_serves_allowed_users_and_refuses_the_others(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    (snippet,) = code_blocks("README.md", section="Quick start")
+    idp = LocalIssuer(issuer="https://login.acme.com/", audience="gateway", algorithm="ES256")
+    real_issuer = asgi_identity.JWTIssuer
+
+    def offline_issuer(**options: Any) -> asgi_identity.JWTIssuer:
+        assert options.pop("discovery") is True
+        return real_issuer(**options, jwks=idp.jwks)
+
+    monkeypatch.setattr(asgi_identity, "JWTIssuer", offline_issuer)
+    namespace: dict[str, Any] = {}
+    exec(compile(snippet, "README.md", "exec"), namespace)  # noqa: S102 - the README's own code
+
+    def bearer(email: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {idp.mint(sub=email.split('@')[0], email=email)}"}
+
+    transport = httpx.ASGITransport(app=namespace["app"])
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway.test") as client:
+        alice = await client.get("/v1/me", headers=bearer("alice@acme.com"))
+        assert alice.status_code == 200, alice.text
+        assert alice.json() == {"user": "alice", "email": "alice@acme.com"}
+        assert (await client.get("/v1/me")).status_code == 401
+        mallory = await client.get("/v1/me", headers=bearer("mallory@evil.test"))
+        assert mallory.status_code == 403
