@@ -84,7 +84,7 @@ async def test_identity_stack_wraps_a_quart_app() -> None:
 
     issuer = JWTIssuer(issuer=IDP.issuer, audience="gateway", jwks=IDP.jwks)
     app = identity_stack(
-        quart_app,  # type: ignore[arg-type]
+        quart_app,
         identity={"issuers": [issuer]},
         domains={"domains": ["acme.com"]},
         rate_limit={"limits": "2/minute"},

@@ -6,6 +6,7 @@ import logging
 from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
+from asgi_identity._http.target import PathPolicy
 from asgi_identity.credentials.apikeys import APIKey
 from asgi_identity.credentials.claims import resolve_claim_map
 from asgi_identity.credentials.tokens import JWTIssuer
@@ -16,7 +17,7 @@ from asgi_identity.middleware.identity import IdentityMiddleware
 from asgi_identity.middleware.policy import RoutePolicy
 from asgi_identity.middleware.ratelimit import UserRateLimit
 from asgi_identity.rules import PolicyFileError, Rule, load_policy_file
-from asgi_identity.types import ASGIApp
+from asgi_identity.types import AnyASGIApp
 
 logger = logging.getLogger("asgi_identity")
 
@@ -44,7 +45,7 @@ def stack_layers(
     rate_limit: LayerOptions = None,
     conversation: LayerOptions = True,
     exclude_paths: Iterable[str] = (),
-    path_policy: str | None = None,
+    path_policy: PathPolicy | None = None,
 ) -> list[tuple[type[Any], dict[str, Any]]]:
     """The layers as (class, options), outermost first.
 
@@ -82,7 +83,7 @@ def stack_layers(
 
 
 def identity_stack(
-    app: ASGIApp,
+    app: AnyASGIApp,
     *,
     identity: Mapping[str, Any],
     enforce: LayerOptions = True,
@@ -91,9 +92,10 @@ def identity_stack(
     rate_limit: LayerOptions = None,
     conversation: LayerOptions = True,
     exclude_paths: Iterable[str] = (),
-    path_policy: str | None = None,
-) -> ASGIApp:
-    """Wrap `app` in every chosen layer, in the order DESIGN.md's flow gives.
+    path_policy: PathPolicy | None = None,
+) -> IdentityMiddleware:
+    """Wrap `app` (any ASGI app: FastAPI, Starlette, Litestar, Quart, a function) in every chosen
+    layer, in the order DESIGN.md's flow gives; IdentityMiddleware is the outermost.
 
     ```python
     app = identity_stack(app, identity={"issuers": [...]}, domains={"domains": ["acme.com"]},
@@ -110,10 +112,11 @@ def identity_stack(
         exclude_paths=exclude_paths,
         path_policy=path_policy,
     )
+    (_, identity_options), *inner = layers
     wrapped = app
-    for cls, options in reversed(layers):
+    for cls, options in reversed(inner):
         wrapped = cls(wrapped, **options)
-    return wrapped
+    return IdentityMiddleware(wrapped, **identity_options)
 
 
 def _with_excluded(options: Mapping[str, Any], excluded: list[str]) -> dict[str, Any]:
