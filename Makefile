@@ -23,6 +23,8 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# mypy --strict over src, tests, examples and benchmarks; tests/typing/ is the public API as
+# Litestar and Quart users type it.
 types: $(STAMP)
 	$(BIN)/mypy
 

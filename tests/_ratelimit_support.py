@@ -19,11 +19,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from _redis import REDIS_URL
 from asgi_identity.identity import Identity, set_identity
 from asgi_identity.middleware.ratelimit import UserRateLimit, get_rate_limiter
 from asgi_identity.types import ASGIApp, Receive, Scope, Send
 
-REDIS_URI = "async+redis://127.0.0.1:6379"
+REDIS_URI = f"async+{REDIS_URL}"
 ISSUER = "https://issuer.test"
 
 
@@ -158,8 +159,8 @@ def unique_prefix() -> str:
 
 
 @contextlib.asynccontextmanager
-async def redis_client(port: int = 6379) -> AsyncIterator[coredis.Redis[bytes]]:
-    redis: coredis.Redis[bytes] = coredis.Redis(host="127.0.0.1", port=port)
+async def redis_client() -> AsyncIterator[coredis.Redis[bytes]]:
+    redis: coredis.Redis[bytes] = coredis.Redis.from_url(REDIS_URL)
     try:
         yield redis
     finally:

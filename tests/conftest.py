@@ -4,7 +4,19 @@ from collections.abc import Iterator
 
 import pytest
 
+from _redis import missing_redis_message, redis_answers
 from asgi_identity.testing import JWKSServer, LocalIssuer
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    # Without Redis, the tests marked `redis` would fail one by one, deep inside, with counts that
+    # say nothing about the cause. Stop before the first one instead; never skip them: CI must run
+    # them.
+    if session.config.option.collectonly:
+        return
+    needing = [item for item in session.items if item.get_closest_marker("redis") is not None]
+    if needing and not redis_answers():
+        pytest.exit(missing_redis_message(len(needing)), returncode=pytest.ExitCode.USAGE_ERROR)
 
 
 @pytest.fixture(scope="session")

@@ -25,12 +25,15 @@ import pytest
 from examples.fastapi.app import create_app as create_fastapi_app
 from examples.gateway.settings import Settings
 from examples.litestar.app import create_app as create_litestar_app
+from fastapi import FastAPI
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
+import asgi_identity
 from _servers import serve
+from _snippets import code_blocks
 from asgi_identity import APIKey, generate_api_key
 from asgi_identity.testing import JWKSServer, LocalIssuer
 from otlp_receiver import OTLPReceiver
@@ -507,3 +510,108 @@ def test_demo_sends_spans_keyed_by_user_to_the_otlp_endpoint() -> None:
     assert by_user["alice"].attributes["asgi_identity.group"] == "pro"
     assert by_user["alice"].attributes["asgi_identity.decision"] == "allow"
     assert "asgi_identity.rejected" in [name for name, _ in by_user["mallory"].events]
+
+
+@needs_curl
+def test_demo_listening_on_every_interface_prints_requests_to_loopback() -> None:
+    with run_demo("examples.fastapi", HOST="0.0.0.0") as banner:
+        assert "listening on 0.0.0.0 (every interface)" in banner
+        commands = _printed_commands(banner)
+        assert all("127.0.0.1" in argv[2] for _, _, _, argv in commands), banner
+        for title, status, _, argv in commands:
+            if "(tier pro)" in title or "no credential" in title:
+                got_status, body = _curl(argv)
+                assert got_status == status, f"{title}: {body}"
+
+
+def test_demo_on_an_address_it_cannot_reach_itself_says_what_to_do_instead() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "examples.fastapi"],
+        cwd=ROOT,
+        env={**os.environ, "HOST": "192.0.2.10", "PORT": "8000"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "Use HOST=0.0.0.0 to listen on every interface" in result.stderr
+    assert result.stdout == ""
+
+
+# -- the README ----------------------------------------------------------------------------------
+
+
+async def test_readme_stack_gives_the_pro_tier_its_model_and_refuses_it_to_the_others(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    (snippet,) = code_blocks("README.md", section="In your app, layer by layer")
+    idp = LocalIssuer(issuer="https://login.acme.com/", audience="gateway", algorithm="ES256")
+    real_issuer = asgi_identity.JWTIssuer
+
+    def offline_issuer(**options: Any) -> asgi_identity.JWTIssuer:
+        # The README's issuer as written, with its key set inline instead of discovered.
+        assert options.pop("discovery") is True
+        return real_issuer(**options, jwks=idp.jwks)
+
+    monkeypatch.setattr(asgi_identity, "JWTIssuer", offline_issuer)
+    namespace: dict[str, Any] = {}
+    exec(compile(snippet, "README.md", "exec"), namespace)  # noqa: S102 - the README's own code
+    app: FastAPI = namespace["app"]
+
+    @app.post("/v1/whoami")
+    async def whoami(request: Request) -> dict[str, Any]:
+        identity = asgi_identity.get_identity(request)
+        return {"user": identity.user_id, "tier": identity.group}
+
+    def bearer(user: str, **claims: Any) -> dict[str, str]:
+        return {"Authorization": f"Bearer {idp.mint(sub=user, email=f'{user}@acme.com', **claims)}"}
+
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway.test") as client:
+
+        async def ask(model: str, headers: dict[str, str]) -> httpx.Response:
+            return await client.post("/v1/whoami", json={"model": model}, headers=headers)
+
+        alice = await ask("gpt-4o", bearer("alice", tier="pro"))
+        assert alice.status_code == 200, alice.text
+        assert alice.json() == {"user": "alice", "tier": "pro"}
+        assert '"requests-minute";q=600' in alice.headers["ratelimit-policy"]
+
+        bob = await ask("gpt-4o", bearer("bob", tier="free"))
+        assert bob.status_code == 403
+        assert bob.json()["error"]["code"] == "policy_denied"
+
+        # No tier in the token: the default group, with its limit.
+        carol = await ask("o3-mini", bearer("carol"))
+        assert carol.status_code == 200, carol.text
+        assert carol.json() == {"user": "carol", "tier": "free"}
+        assert '"requests-minute";q=10' in carol.headers["ratelimit-policy"]
+
+
+async def test_readme_quick_start_serves_allowed_users_and_refuses_the_others(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    (snippet,) = code_blocks("README.md", section="Quick start")
+    idp = LocalIssuer(issuer="https://login.acme.com/", audience="gateway", algorithm="ES256")
+    real_issuer = asgi_identity.JWTIssuer
+
+    def offline_issuer(**options: Any) -> asgi_identity.JWTIssuer:
+        assert options.pop("discovery") is True
+        return real_issuer(**options, jwks=idp.jwks)
+
+    monkeypatch.setattr(asgi_identity, "JWTIssuer", offline_issuer)
+    namespace: dict[str, Any] = {}
+    exec(compile(snippet, "README.md", "exec"), namespace)  # noqa: S102 - the README's own code
+
+    def bearer(email: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {idp.mint(sub=email.split('@')[0], email=email)}"}
+
+    transport = httpx.ASGITransport(app=namespace["app"])
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway.test") as client:
+        alice = await client.get("/v1/me", headers=bearer("alice@acme.com"))
+        assert alice.status_code == 200, alice.text
+        assert alice.json() == {"user": "alice", "email": "alice@acme.com"}
+        assert (await client.get("/v1/me")).status_code == 401
+        mallory = await client.get("/v1/me", headers=bearer("mallory@evil.test"))
+        assert mallory.status_code == 403

@@ -128,8 +128,7 @@ def litestar_app(options: dict[str, Any]) -> Any:
 
     return litestar.Litestar(
         route_handlers=[whoami, scoped, ws],
-        # Litestar types scopes as TypedDicts; the package's scope is a plain mapping.
-        middleware=[DefineMiddleware(IdentityMiddleware, **options)],  # type: ignore[arg-type]
+        middleware=[DefineMiddleware(IdentityMiddleware, **options)],
     )
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,7 +18,7 @@ from starlette.requests import Request as StarletteRequest
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from asgi_identity import APIKey, get_identity, hash_api_key
+from asgi_identity import APIKey, ClaimMap, Rule, TokenVerifier, get_identity, hash_api_key
 from asgi_identity.credentials.tokens import JWTIssuer
 from asgi_identity.middleware import (
     ConversationTagger,
@@ -184,3 +186,97 @@ async def test_identity_stack_normalizes_paths_and_reads_its_conversation_header
     assert (b"x-thread-id", b"t-9") in sent[0]["headers"]
     # The app routed the canonical path (not the excluded /health) with the tagged identity.
     assert json.loads(sent[1]["body"]) == {"user": "alice", "source": "jwt", "conversation": "t-9"}
+
+
+# -- groups nobody can set -----------------------------------------------------------------------
+
+TIERS = {"groups": {"free": "10/minute", "pro": "600/minute"}}
+PRO_RULES = {
+    "rules": [
+        Rule(id="gpt-4o-pro", models=["gpt-4o*"], groups=["pro"]),
+        Rule(id="gpt-4o", effect="deny", models=["gpt-4o*"]),
+    ],
+    "default": "allow",
+}
+
+
+def _issuer(claims: ClaimMap | str = "default") -> JWTIssuer:
+    return JWTIssuer(
+        issuer="https://login.acme.test/",
+        audience="gateway",
+        jwks_url="https://idp.test/jwks",
+        claims=claims,
+    )
+
+
+@pytest.mark.parametrize(
+    ("identity", "rate_limit", "policy", "warns"),
+    [
+        # Something reads the group, and nothing can set it: the README's 0.1 stack.
+        ({"issuers": [_issuer()]}, TIERS, PRO_RULES, True),
+        ({"issuers": [_issuer()]}, TIERS, None, True),
+        ({"issuers": [_issuer()]}, {"group_tokens": {"pro": None}}, None, True),
+        ({"issuers": [_issuer()]}, None, PRO_RULES, True),
+        ({"issuers": [_issuer("auth0")]}, TIERS, None, True),
+        ({"api_keys": [APIKey(id="app", sha256=hash_api_key(KEY))]}, TIERS, None, True),
+        (
+            {"trusted_header_networks": ["10.0.0.0/8"], "group_header": None},
+            TIERS,
+            None,
+            True,
+        ),
+        # Something can set it.
+        ({"issuers": [_issuer(ClaimMap(group="tier"))]}, TIERS, PRO_RULES, False),
+        ({"issuers": [_issuer()], "default_group": "free"}, TIERS, PRO_RULES, False),
+        (
+            {"api_keys": [APIKey(id="app", sha256=hash_api_key(KEY), group="pro")]},
+            TIERS,
+            None,
+            False,
+        ),
+        (
+            {"api_keys": [APIKey(id="bot", sha256=hash_api_key(KEY), header_identity=True)]},
+            TIERS,
+            None,
+            False,
+        ),
+        ({"trusted_header_networks": ["10.0.0.0/8"]}, TIERS, None, False),
+        ({"token_verifier": TokenVerifier([_issuer()])}, TIERS, None, False),
+        # Nothing reads it.
+        ({"issuers": [_issuer()]}, {"limits": "60/minute"}, None, False),
+        ({"issuers": [_issuer()]}, None, {"rules": [Rule(id="r", models=["x"])]}, False),
+    ],
+)
+def test_tier_limits_or_group_rules_nobody_can_be_given_warn_once_at_start_up(
+    caplog: pytest.LogCaptureFixture,
+    identity: dict[str, Any],
+    rate_limit: dict[str, Any] | None,
+    policy: dict[str, Any] | None,
+    warns: bool,
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="asgi_identity"):
+        identity_stack(_starlette(), identity=identity, rate_limit=rate_limit, policy=policy)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    if not warns:
+        assert warnings == []
+        return
+    assert len(warnings) == 1
+    message = warnings[0].getMessage()
+    assert "IdentityMiddleware gives no identity a group" in message
+    assert "ClaimMap(group=" in message
+    if rate_limit is not None:
+        assert "UserRateLimit has limits for the groups" in message
+    if policy is not None:
+        assert "RoutePolicy has rules on groups (gpt-4o-pro)" in message
+
+
+def test_group_rules_in_a_policy_file_are_seen_too(
+    caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    rules = tmp_path / "policy.toml"
+    rules.write_text('[[rules]]\nid = "pro-only"\nmodels = ["gpt-4o*"]\ngroups = ["pro"]\n')
+    with caplog.at_level(logging.WARNING, logger="asgi_identity"):
+        stack_layers(identity={"issuers": [_issuer()]}, policy={"rules_file": str(rules)})
+    assert [
+        "RoutePolicy has rules on groups (pro-only)" in r.getMessage() for r in caplog.records
+    ] == [True]

@@ -55,13 +55,19 @@ class Demo:
     base_url: str
     settings: Settings
     issuer: LocalIssuer
+    # The address the server binds when it is not the one in base_url (HOST=0.0.0.0).
+    listen: str | None = None
     keys: dict[str, str] = field(default_factory=dict)
     tokens: dict[str, str] = field(default_factory=dict)
     commands: list[DemoCommand] = field(default_factory=list)
 
     def banner(self) -> str:
-        out = [
-            f"asgi-identity demo gateway on {self.base_url}",
+        out = [f"asgi-identity demo gateway on {self.base_url}"]
+        if self.listen is not None:
+            out.append(
+                f"  listening on {self.listen} (every interface); the requests below use loopback"
+            )
+        out += [
             f"  issuer    {self.settings.issuer} (key set at {self.settings.jwks_url})",
             f"  domains   {', '.join(self.settings.allowed_domains)} only",
             "  tiers     free 3 requests/minute, pro 600/minute, enterprise unlimited",
@@ -79,8 +85,8 @@ class Demo:
         return "\n".join(out)
 
 
-def build_demo(host: str = "127.0.0.1", port: int = 8000) -> Demo:
-    base_url = f"http://{host}:{port}"
+def build_demo(host: str = "127.0.0.1", port: int = 8000, *, listen: str | None = None) -> Demo:
+    base_url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
     issuer = LocalIssuer(
         issuer=base_url, audience="gateway", algorithm="ES256", lifetime=DEMO_LIFETIME
     )
@@ -109,7 +115,13 @@ def build_demo(host: str = "127.0.0.1", port: int = 8000) -> Demo:
         premium_tiers=("pro",),
         published_jwks=issuer.jwks,
     )
-    demo = Demo(base_url, settings, issuer, keys={"web-app": web_key, "support-bot": support_key})
+    demo = Demo(
+        base_url,
+        settings,
+        issuer,
+        listen,
+        keys={"web-app": web_key, "support-bot": support_key},
+    )
 
     def user(sub: str, email: str, tier: str, name: str) -> str:
         token = issuer.mint(

@@ -59,12 +59,6 @@ async def current_identity(request: Request[Any, Any, Any]) -> Identity:
 CurrentIdentity = NamedDependency[Identity]
 
 
-def _layer(middleware: Any, **options: Any) -> DefineMiddleware:
-    # Litestar types middleware against its own TypedDict scopes; the layers are plain ASGI
-    # callables over mappings, which it runs just the same.
-    return DefineMiddleware(middleware, **options)
-
-
 def identity_middleware(settings: Settings) -> list[DefineMiddleware]:
     """The layers in the order of the flow: in Litestar the first listed runs first.
 
@@ -83,7 +77,7 @@ def identity_middleware(settings: Settings) -> list[DefineMiddleware]:
     verifier = TokenVerifier([issuer])
     storage = storage_from_string(settings.rate_limit_storage)
     stack = [
-        _layer(
+        DefineMiddleware(
             IdentityMiddleware,
             token_verifier=verifier,
             api_keys=settings.api_keys,
@@ -91,18 +85,20 @@ def identity_middleware(settings: Settings) -> list[DefineMiddleware]:
             default_group=settings.default_tier,
             exclude_paths=public,
         ),
-        _layer(EnforceIdentity, required=True, exclude_paths=public),
+        DefineMiddleware(EnforceIdentity, required=True, exclude_paths=public),
     ]
     if settings.allowed_domains:
         stack.append(
-            _layer(DomainAllowlist, domains=settings.allowed_domains, exclude_paths=public)
+            DefineMiddleware(
+                DomainAllowlist, domains=settings.allowed_domains, exclude_paths=public
+            )
         )
     # Before the limiter: a request the policy refuses spends none of the caller's quota.
     policy = route_policy_options(settings, CHAT_PATH)
     if policy is not None:
-        stack.append(_layer(RoutePolicy, **policy))
+        stack.append(DefineMiddleware(RoutePolicy, **policy))
     stack += [
-        _layer(
+        DefineMiddleware(
             UserRateLimit,
             limits=settings.rate_limit,
             groups=settings.tier_limits,
@@ -112,7 +108,7 @@ def identity_middleware(settings: Settings) -> list[DefineMiddleware]:
             storage=storage,
             exclude_paths=public,
         ),
-        _layer(ConversationTagger, header="x-conversation-id"),
+        DefineMiddleware(ConversationTagger, header="x-conversation-id"),
     ]
     return stack
 
@@ -209,6 +205,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
     return Litestar(
         route_handlers=handlers,
         dependencies={"identity": Provide(current_identity)},
-        middleware=[_layer(span_middleware, **span_options), *identity_middleware(settings)],
+        middleware=[
+            DefineMiddleware(span_middleware, **span_options),
+            *identity_middleware(settings),
+        ],
         lifespan=[lifespan],
     )

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
 from asgi_identity.identity import Identity, set_identity
-from asgi_identity.types import ASGIApp, Receive, Scope, Send
+from asgi_identity.types import AnyASGIApp, ASGIApp, Receive, Scope, Send
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 
@@ -243,7 +243,7 @@ class JWKSServer:
         self._httpd.server_close()
 
 
-def with_identity(app: ASGIApp, identity: Identity | None) -> ASGIApp:
+def with_identity(app: AnyASGIApp, identity: Identity | None) -> ASGIApp:
     """Stand in for IdentityMiddleware in tests: every HTTP and WebSocket request arrives as
     `identity` (None publishes nothing, to test what a layer does without IdentityMiddleware)."""
 

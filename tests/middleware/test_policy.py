@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import httpx
 import pytest
@@ -154,7 +154,9 @@ async def test_python_rules_decide_like_the_rule_file() -> None:
         ("deny", "free_user", 403),
     ],
 )
-async def test_default_decides_when_no_rule_matches(default: str, who: str, status: int) -> None:
+async def test_default_decides_when_no_rule_matches(
+    default: Literal["allow", "deny"], who: str, status: int
+) -> None:
     rules = [Rule(id="no-agents", effect="deny", agent=True)]
     app = with_identity(RoutePolicy(Recorder(), rules=rules, default=default), IDENTITIES[who])
     response = await call(app, "GET", "/anything")

@@ -28,7 +28,7 @@ from asgi_identity.types import Message, Scope
 Backend = tuple[str, str]
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
 async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
     """(storage URI, unique key prefix); Redis keys made under the prefix are deleted after."""
     prefix = unique_prefix()
@@ -408,7 +408,7 @@ async def test_litestar_handler_reads_its_usage_through_get_rate_limiter(backend
         route_handlers=[my_usage],
         middleware=[
             DefineMiddleware(
-                UserRateLimit,  # type: ignore[arg-type]  # Litestar's own ASGI TypedDicts
+                UserRateLimit,
                 limits="5/minute",
                 storage=storage,
                 key_prefix=prefix,

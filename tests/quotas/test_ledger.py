@@ -32,7 +32,7 @@ ALICE = Identity(source="jwt", user_id="alice", issuer="https://issuer.test")
 _made: dict[str, list[UserRateLimit]] = {}
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
 async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
     prefix = unique_prefix()
     yield ("async+memory://" if request.param == "memory" else REDIS_URI), prefix

@@ -65,7 +65,7 @@ async def hello(scope, receive, send):
 limited = UserRateLimit(
     hello,
     limits="10/minute",
-    storage="async+redis://127.0.0.1:6379",
+    storage=os.environ["REDIS_URI"],
     key_prefix=os.environ["KEY_PREFIX"],
 )
 
@@ -97,7 +97,12 @@ def two_workers(tmp_path: Path, prefix: str) -> Iterator[list[int]]:
                 "warning",
                 "shared_app:app",
             ],
-            env={"KEY_PREFIX": prefix, "WORKER": str(n), "PATH": "/usr/bin:/bin"},
+            env={
+                "KEY_PREFIX": prefix,
+                "WORKER": str(n),
+                "REDIS_URI": REDIS_URI,
+                "PATH": "/usr/bin:/bin",
+            },
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
@@ -263,7 +268,7 @@ async def test_lifespan_shutdown_closes_the_redis_connections(prefix: str) -> No
     async def send(message: dict[str, Any]) -> None:
         sent.append(message["type"])
 
-    await asyncio.wait_for(limited({"type": "lifespan", "state": {}}, receive, send), 10)  # type: ignore[arg-type]
+    await asyncio.wait_for(limited({"type": "lifespan", "state": {}}, receive, send), 10)
     assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
 
 

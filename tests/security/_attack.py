@@ -33,7 +33,7 @@ from asgi_identity import (
     hash_api_key,
 )
 from asgi_identity.credentials.tokens import JWTIssuer
-from asgi_identity.middleware.ratelimit import UserRateLimit
+from asgi_identity.middleware.ratelimit import Anonymous, UserRateLimit
 from asgi_identity.testing import LocalIssuer, PrivateKey
 from asgi_identity.types import ASGIApp, Message
 
@@ -283,7 +283,7 @@ def build_gateway(
     limits: str | None = "10000/minute",
     group_limits: dict[str, str | None] | None = None,
     tokens: str | None = None,
-    anonymous: str = "by_address",
+    anonymous: Anonymous = "by_address",
     trusted_proxies: Sequence[str] = (),
     conversation_required: bool = False,
     **identity_options: Any,

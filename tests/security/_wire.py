@@ -18,6 +18,7 @@ from typing import Any
 
 from _servers import serve
 from asgi_identity import APIKey, Identity, Rule, hash_api_key, identity_stack
+from asgi_identity._http.target import PathPolicy
 from asgi_identity._http.view import SCOPE_KEY
 from asgi_identity.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -117,7 +118,7 @@ def gateway(
     app: ASGIApp,
     *,
     rules: Sequence[Rule] = RULES,
-    path_policy: str | None = None,
+    path_policy: PathPolicy | None = None,
     exclude_paths: Iterable[str] = ("/health", "/public/"),
     default: str = "allow",
     **identity: Any,

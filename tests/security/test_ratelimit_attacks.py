@@ -8,6 +8,7 @@ by identity source and escaped so that no two identities share one.
 from __future__ import annotations
 
 import json
+from typing import Literal
 
 import pytest
 
@@ -199,7 +200,7 @@ async def test_absurd_usage_never_refunds_or_breaks_the_quota(
 
 @pytest.mark.parametrize("policy", ["closed", "open"])
 async def test_unreachable_storage_is_503_or_open_never_500(
-    rsa_issuer: LocalIssuer, policy: str
+    rsa_issuer: LocalIssuer, policy: Literal["open", "closed"]
 ) -> None:
     seen: list[Seen] = []
     app = UserRateLimit(

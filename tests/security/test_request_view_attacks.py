@@ -33,6 +33,7 @@ from starlette.routing import Mount, Route
 
 from asgi_identity import Rule
 from asgi_identity._http.body import DEFAULT_MAX_BODY, BodyError
+from asgi_identity._http.target import PathPolicy
 from asgi_identity.types import ASGIApp
 
 from ._wire import (
@@ -708,7 +709,7 @@ async def _admin(request: Request) -> JSONResponse:
     return JSONResponse({"handler": "admin", "path": request.scope["path"]})
 
 
-def _mounted(policy: str) -> tuple[Starlette, list[str]]:
+def _mounted(policy: PathPolicy) -> tuple[Starlette, list[str]]:
     """The stack inside `Mount("/api", ...)`, rules written with the mount prefix as
     route-policy.md says ("including any mount prefix")."""
     handled: list[str] = []

@@ -11,7 +11,7 @@ import textwrap
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import pytest
@@ -129,7 +129,7 @@ def stack(
     issuer: LocalIssuer,
     *,
     jwks_server: JWKSServer | None = None,
-    domain_mode: str = "enforce",
+    domain_mode: Literal["enforce", "observe"] = "enforce",
     limits: str = "100/minute",
 ) -> ASGIApp:
     app: ASGIApp = Starlette(

@@ -12,9 +12,9 @@ from asgi_identity._http.view import (
 )
 from asgi_identity.errors import ErrorRenderer, IdentityError
 from asgi_identity.identity import Identity, require_identity, set_identity
-from asgi_identity.middleware._layer import LayerPolicy
+from asgi_identity.middleware._layer import LayerPolicy, Mode
 from asgi_identity.telemetry import events
-from asgi_identity.types import ASGIApp, Receive, Scope, Send
+from asgi_identity.types import AnyASGIApp, AnyReceive, AnyScope, AnySend
 
 _HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
 # Identities tagged lately, by (identity, conversation id); emptied when full.
@@ -72,13 +72,13 @@ class ConversationTagger:
 
     def __init__(
         self,
-        app: ASGIApp,
+        app: AnyASGIApp,
         *,
         header: str = "x-conversation-id",
         required: bool = False,
         max_length: int = 128,
         echo: bool = True,
-        mode: str = "enforce",
+        mode: Mode = "enforce",
         exclude_paths: Iterable[str] = (),
         allow_preflight: bool = True,
         renderer: ErrorRenderer | None = None,
@@ -133,7 +133,7 @@ class ConversationTagger:
             return self._malformed
         return values[0]
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: AnyScope, receive: AnyReceive, send: AnySend) -> None:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return

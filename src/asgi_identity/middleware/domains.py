@@ -12,8 +12,8 @@ from asgi_identity.credentials.email import (
 )
 from asgi_identity.errors import ErrorRenderer, IdentityError
 from asgi_identity.identity import Identity, require_identity
-from asgi_identity.middleware._layer import LayerPolicy
-from asgi_identity.types import ASGIApp, Receive, Scope, Send
+from asgi_identity.middleware._layer import LayerPolicy, Mode
+from asgi_identity.types import AnyASGIApp, AnyReceive, AnyScope, AnySend
 
 DOMAIN_NOT_ALLOWED_MESSAGE = "This email domain is not allowed."
 NO_EMAIL_MESSAGE = "An email address in an allowed domain is required."
@@ -47,11 +47,11 @@ class DomainAllowlist:
 
     def __init__(
         self,
-        app: ASGIApp,
+        app: AnyASGIApp,
         *,
         domains: Iterable[str] = (),
         require_verified_email: bool | Iterable[str] = False,
-        mode: str = "enforce",
+        mode: Mode = "enforce",
         exclude_paths: Iterable[str] = (),
         allow_preflight: bool = True,
         renderer: ErrorRenderer | None = None,
@@ -146,7 +146,7 @@ class DomainAllowlist:
             "domain_not_allowed", DOMAIN_NOT_ALLOWED_MESSAGE, detail=f"domain {domain} not listed"
         )
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: AnyScope, receive: AnyReceive, send: AnySend) -> None:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return

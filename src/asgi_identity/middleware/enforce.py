@@ -6,8 +6,8 @@ from collections.abc import Iterable
 
 from asgi_identity.errors import ErrorRenderer, IdentityError
 from asgi_identity.identity import require_identity
-from asgi_identity.middleware._layer import LayerPolicy
-from asgi_identity.types import ASGIApp, Receive, Scope, Send
+from asgi_identity.middleware._layer import LayerPolicy, Mode
+from asgi_identity.types import AnyASGIApp, AnyReceive, AnyScope, AnySend
 
 IDENTITY_REQUIRED_MESSAGE = "This API key requires identity context."
 MISSING_CREDENTIALS_MESSAGE = (
@@ -26,10 +26,10 @@ class EnforceIdentity:
 
     def __init__(
         self,
-        app: ASGIApp,
+        app: AnyASGIApp,
         *,
         required: bool = True,
-        mode: str = "enforce",
+        mode: Mode = "enforce",
         exclude_paths: Iterable[str] = (),
         allow_preflight: bool = True,
         renderer: ErrorRenderer | None = None,
@@ -57,7 +57,7 @@ class EnforceIdentity:
             detail="anonymous request where identity is required",
         )
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: AnyScope, receive: AnyReceive, send: AnySend) -> None:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return

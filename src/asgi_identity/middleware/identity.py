@@ -10,6 +10,7 @@ from collections.abc import Collection, Iterable, Sequence
 from asgi_identity import telemetry
 from asgi_identity._http.headers import MAX_HEADER_VALUE
 from asgi_identity._http.peers import IPNetwork, TrustedPeers
+from asgi_identity._http.target import PathPolicy
 from asgi_identity.credentials._forwarded import IdentityAuth, IdentityUser, forwarded_headers
 from asgi_identity.credentials._header_values import (
     bearer_value,
@@ -27,10 +28,19 @@ from asgi_identity.credentials.email import EmailAddress
 from asgi_identity.credentials.tokens import JWTIssuer, TokenVerifier, looks_like_jwt
 from asgi_identity.errors import ErrorRenderer, IdentityError
 from asgi_identity.identity import Identity, set_identity
-from asgi_identity.middleware._layer import LayerPolicy
+from asgi_identity.middleware._layer import LayerPolicy, Mode
 from asgi_identity.middleware.conversation import ConversationTags
 from asgi_identity.telemetry import events
-from asgi_identity.types import ASGIApp, Message, Receive, Scope, Send
+from asgi_identity.types import (
+    AnyASGIApp,
+    AnyReceive,
+    AnyScope,
+    AnySend,
+    Message,
+    Receive,
+    Scope,
+    Send,
+)
 
 logger = logging.getLogger("asgi_identity")
 
@@ -48,7 +58,7 @@ class IdentityMiddleware:
 
     def __init__(
         self,
-        app: ASGIApp,
+        app: AnyASGIApp,
         *,
         issuers: Sequence[JWTIssuer] = (),
         api_keys: Iterable[APIKey] = (),
@@ -68,11 +78,11 @@ class IdentityMiddleware:
         max_header_bytes: int = MAX_HEADER_VALUE,
         token_verifier: TokenVerifier | None = None,
         startup_timeout: float = 5.0,
-        mode: str = "enforce",
+        mode: Mode = "enforce",
         exclude_paths: Iterable[str] = (),
         allow_preflight: bool = True,
         renderer: ErrorRenderer | None = None,
-        path_policy: str = "refuse",
+        path_policy: PathPolicy = "refuse",
         conversation_header: str | None = "x-conversation-id",
     ) -> None:
         if not callable(app):
@@ -227,7 +237,7 @@ class IdentityMiddleware:
 
     # -- requests ------------------------------------------------------------------------------
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: AnyScope, receive: AnyReceive, send: AnySend) -> None:
         if scope["type"] not in ("http", "websocket"):
             if scope["type"] == "lifespan" and self._verifier is not None:
                 await self.app(scope, self._warming_receive(receive), self._closing_send(send))

@@ -10,17 +10,18 @@ from asgi_identity._http.body import DEFAULT_MAX_BODY, NO_BODY, BodyError, BodyF
 from asgi_identity._http.target import canonical_path
 from asgi_identity.errors import ErrorRenderer, IdentityError
 from asgi_identity.identity import Identity, require_identity
-from asgi_identity.middleware._layer import LayerPolicy
+from asgi_identity.middleware._layer import LayerPolicy, Mode
 from asgi_identity.rules import (
     DEFAULT_RULE_ID,
     CompiledPolicy,
     CompiledRule,
+    Effect,
     PolicyFileError,
     Rule,
     load_policy_file,
 )
 from asgi_identity.telemetry import events
-from asgi_identity.types import ASGIApp, Receive, Scope, Send
+from asgi_identity.types import AnyASGIApp, AnyReceive, AnyScope, AnySend
 
 __all__ = ["PolicyDecision", "PolicyFileError", "RoutePolicy", "Rule"]
 
@@ -58,13 +59,13 @@ class RoutePolicy:
 
     def __init__(
         self,
-        app: ASGIApp,
+        app: AnyASGIApp,
         *,
         rules: Sequence[Rule] | None = None,
         rules_file: str | Path | None = None,
-        default: str | None = None,
+        default: Effect | None = None,
         version: str | None = None,
-        mode: str = "enforce",
+        mode: Mode = "enforce",
         exclude_paths: Iterable[str] = (),
         allow_preflight: bool = True,
         max_body: int = DEFAULT_MAX_BODY,
@@ -136,7 +137,7 @@ class RoutePolicy:
 
         self._detail = f"unreadable body on a route with model rules{suffix}"
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: AnyScope, receive: AnyReceive, send: AnySend) -> None:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, MutableMapping
-from typing import Any
+from typing import Any, Literal
 
 from limits.aio.storage import Storage
 
@@ -11,7 +11,7 @@ from asgi_identity._http.body import DEFAULT_MAX_BODY
 from asgi_identity._http.view import RequestView
 from asgi_identity.errors import ErrorRenderer, IdentityError
 from asgi_identity.identity import Identity, require_identity
-from asgi_identity.middleware._layer import LayerPolicy
+from asgi_identity.middleware._layer import LayerPolicy, Mode
 from asgi_identity.quotas._estimate import check_estimate_options, token_estimate
 from asgi_identity.quotas._guard import RateLimitUnavailable
 from asgi_identity.quotas._headers import ANONYMOUS_REFUSED, RateLimitHeaders, unavailable
@@ -22,13 +22,24 @@ from asgi_identity.quotas._storage import open_quotas
 from asgi_identity.quotas._windows import LimitSpec, Windows
 from asgi_identity.quotas.usage import TokenUsage
 from asgi_identity.telemetry import events
-from asgi_identity.types import ASGIApp, Message, Receive, Scope, Send
+from asgi_identity.types import (
+    AnyASGIApp,
+    AnyReceive,
+    AnyScope,
+    AnySend,
+    Message,
+    Receive,
+    Scope,
+    Send,
+)
 
 __all__ = ["STATE_KEY", "RateLimitUnavailable", "UserRateLimit", "WindowUsage", "get_rate_limiter"]
 
 #: Where the limiter puts itself: `request.state.rate_limiter`.
 STATE_KEY = "rate_limiter"
 
+Anonymous = Literal["by_address", "refuse", "unlimited"]
+Strategy = Literal["fixed-window", "moving-window", "sliding-window-counter"]
 _ANONYMOUS = ("by_address", "refuse", "unlimited")
 
 
@@ -37,25 +48,25 @@ class UserRateLimit:
 
     def __init__(
         self,
-        app: ASGIApp,
+        app: AnyASGIApp,
         *,
         limits: LimitSpec = "60/minute",
         groups: Mapping[str, LimitSpec] | None = None,
         tokens: LimitSpec = None,
         group_tokens: Mapping[str, LimitSpec] | None = None,
         storage: str | Storage = "async+memory://",
-        strategy: str = "fixed-window",
+        strategy: Strategy = "fixed-window",
         key_prefix: str = "asgi-identity",
-        anonymous: str = "by_address",
+        anonymous: Anonymous = "by_address",
         trusted_proxies: Iterable[str] = (),
-        on_storage_error: str = "open",
+        on_storage_error: Literal["open", "closed"] = "open",
         storage_timeout: float = 1.0,
         storage_cooldown: float = 1.0,
         default_max_tokens: int = 4096,
         token_paths: Iterable[str] | None = None,
         max_body: int = DEFAULT_MAX_BODY,
         headers: bool = True,
-        mode: str = "enforce",
+        mode: Mode = "enforce",
         exclude_paths: Iterable[str] = (),
         allow_preflight: bool = True,
         renderer: ErrorRenderer | None = None,
@@ -109,7 +120,7 @@ class UserRateLimit:
         """(request windows, token windows) that apply to `identity`; None means unlimited."""
         return self._planner.limits_for(identity)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: AnyScope, receive: AnyReceive, send: AnySend) -> None:
         # (a) What this layer does not count: other scopes, excluded paths, anonymous by option.
         if scope["type"] not in ("http", "websocket"):
             if scope["type"] == "lifespan":
