@@ -17,17 +17,7 @@ MAX_LINES = 300
 # Being split in the 0.2 layout work (by the other worktrees; empty this on merge): the file,
 # and the piece of that work it belongs to.
 NOT_YET_SPLIT: dict[str, str] = {
-    "cli/__init__.py": "cli/",
-    "credentials/_presented.py": "credentials/",
-    "credentials/claims.py": "credentials/",
-    "credentials/jwks.py": "credentials/",
-    "credentials/tokens.py": "credentials/",
-    "middleware/identity.py": "request reading in _http/ and middleware/",
-    "middleware/ratelimit.py": "quotas/ and middleware/ratelimit.py",
-    "quotas/_ledger.py": "quotas/ and middleware/ratelimit.py",
-    "quotas/_windows.py": "quotas/ and middleware/ratelimit.py",
-    "quotas/usage.py": "quotas/ and middleware/ratelimit.py",
-    "rules/_compiled.py": "rules/",
+    "quotas/usage.py": "the stream usage readers (issue 13, streams)",
 }
 
 
@@ -156,4 +146,6 @@ def test_no_module_is_longer_than_300_lines() -> None:
         lines = len(path.read_text(encoding="utf-8").splitlines())
         if lines > MAX_LINES and name not in NOT_YET_SPLIT:
             too_long[name] = lines
+        elif lines <= MAX_LINES and name in NOT_YET_SPLIT:
+            too_long[name] = lines  # split already: take it off the list
     assert too_long == {}

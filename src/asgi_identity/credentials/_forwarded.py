@@ -93,3 +93,45 @@ class IdentityAuth:
                 scopes.insert(0, "authenticated")
             self._scopes = scopes
         return self._scopes
+
+
+# Encoded header sets kept; emptied when full, no eviction bookkeeping.
+_FORWARD_CACHE_SIZE = 4096
+
+
+class ForwardedHeaders:
+    """The `<prefix>*` headers of each identity, encoded once: identities repeat (the verifier
+    hands out the same object for a token it has seen; a refresh gives one with the same values)."""
+
+    __slots__ = ("_by_identity", "_by_value", "prefix")
+
+    def __init__(self, prefix: bytes) -> None:
+        self.prefix = prefix
+        self._by_identity: dict[int, tuple[Identity, Headers]] = {}
+        self._by_value: dict[tuple[object, ...], Headers] = {}
+
+    def of(self, identity: Identity) -> Headers:
+        hit = self._by_identity.get(id(identity))
+        # The entry holds the identity itself, so its id cannot be reused while cached.
+        if hit is not None and hit[0] is identity:
+            return hit[1]
+        # The fields forwarded_headers() reads.
+        values = (
+            identity.source,
+            identity.user_id,
+            identity.email,
+            identity.group,
+            identity.tenant,
+            identity.roles,
+            identity.client_id,
+        )
+        encoded = self._by_value.get(values)
+        if encoded is None:
+            encoded = forwarded_headers(identity, self.prefix)
+            if len(self._by_value) >= _FORWARD_CACHE_SIZE:
+                self._by_value.clear()
+            self._by_value[values] = encoded
+        if len(self._by_identity) >= _FORWARD_CACHE_SIZE:
+            self._by_identity.clear()
+        self._by_identity[id(identity)] = (identity, encoded)
+        return encoded
