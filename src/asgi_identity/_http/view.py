@@ -95,6 +95,12 @@ class RequestView:
         scope[SCOPE_KEY] = view
         return view
 
+    def headers_read(self, content_length: bytes | None, preflight: bool) -> None:
+        """What the outermost layer's one pass over the headers found (no second pass)."""
+        self._headers_read = True
+        self.preflight = preflight
+        self.content_length = _length(content_length)
+
     def read_headers(self) -> None:
         """Pick out the headers every layer may ask about, in one pass (done once)."""
         if self._headers_read:
@@ -104,10 +110,7 @@ class RequestView:
             if name == _PREFLIGHT:
                 self.preflight = True
             elif name == _CONTENT_LENGTH:
-                try:
-                    self.content_length = int(value)
-                except ValueError:
-                    self.content_length = None
+                self.content_length = _length(value)
 
     @property
     def conversation_id(self) -> str | None:
@@ -167,6 +170,13 @@ class RequestView:
     def body_size(self) -> int:
         """Bytes of body read so far (0 when no layer read it)."""
         return 0 if self._body is None else self._body.size
+
+
+def _length(value: bytes | None) -> int | None:
+    try:
+        return None if value is None else int(value)
+    except ValueError:
+        return None
 
 
 def _query_fields(query: bytes) -> BodyFields | BodyError:

@@ -39,12 +39,14 @@ class Presented:
     __slots__ = (
         "api_keys",
         "bearer_is_key",
+        "content_length",
         "conversations",
         "cookie_tokens",
         "dropped",
         "emails",
         "groups",
         "headers",
+        "preflight",
         "tokens",
         "verified",
     )
@@ -60,13 +62,17 @@ class Presented:
         self.groups: tuple[bytes, ...] = ()
         self.cookie_tokens: tuple[bytes, ...] = ()
         self.conversations: tuple[bytes, ...] = ()
+        self.content_length: bytes | None = None
+        self.preflight = False
         #: The request's headers as received, and whether any of them must not reach the app.
         self.headers = headers
         self.dropped = False
 
 
 # What a header is to HeaderReader, decided once per distinct header name.
-_KEEP, _DROP, _TOKEN, _API_KEY, _EMAIL, _GROUP, _COOKIE, _CONVERSATION = range(8)
+_KEEP, _DROP, _TOKEN, _API_KEY, _EMAIL, _GROUP, _COOKIE, _CONVERSATION, _LENGTH, _PREFLIGHT = range(
+    10
+)
 # Header names remembered with their kind; beyond this many, a name is worked out each time, so
 # a client sending endless made-up names cannot grow the memory.
 _MAX_REMEMBERED_NAMES = 512
@@ -101,7 +107,11 @@ class HeaderReader:
         self._prefix = prefix
         self._max_bytes = max_bytes
         # One dictionary lookup per header instead of a comparison with every name.
-        kinds: dict[bytes, int] = {}
+        # The headers every later layer may ask about are picked out in the same pass.
+        kinds: dict[bytes, int] = {
+            b"content-length": _LENGTH,
+            b"access-control-request-method": _PREFLIGHT,
+        }
         if token_cookie is not None and not b"cookie".startswith(prefix):
             kinds[b"cookie"] = _COOKIE
         if group_header is not None:
@@ -163,6 +173,10 @@ class HeaderReader:
                 found.cookie_tokens += self._read_cookie(value)
             elif kind == _CONVERSATION:  # kept for the app
                 found.conversations += (value,)
+            elif kind == _LENGTH:  # kept for the app
+                found.content_length = value
+            elif kind == _PREFLIGHT:  # kept for the app
+                found.preflight = True
         return found
 
     def unread(self, headers: Iterable[tuple[bytes, bytes]]) -> Presented:

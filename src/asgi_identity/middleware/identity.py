@@ -173,6 +173,7 @@ class IdentityMiddleware:
         else:
             try:
                 presented = reader.read(scope["headers"])
+                view.headers_read(presented.content_length, presented.preflight)
                 view.conversation_header = self._conversation_header
                 view.conversation_ids = presented.conversations
                 identity = await self._resolver.identify(scope, presented)
