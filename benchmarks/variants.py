@@ -54,8 +54,9 @@ class Variant:
     redis: bool = False
     #: Also measured over HTTP (uvicorn on loopback).
     http: bool = False
-    #: Measured for a 0.2 target (DESIGN.md "Performance"): what `--targets` runs.
-    target: bool = False
+    #: The parts ("inprocess", "http") in which it is measured for a 0.2 target (DESIGN.md
+    #: "Performance"): what `--targets` runs there.
+    targets: tuple[str, ...] = ()
 
 
 def make_app(variant: Variant, keys: Keys) -> ASGIApp:
@@ -217,6 +218,8 @@ FULL_REPEATED_OTEL = "full stack, memory, repeated token [OTel SDK]"
 FULL_NEW_OTEL = "full stack, memory, new RS256 token [OTel SDK]"
 HAND_WRITTEN = "hand-written stack: AuthenticationMiddleware + slowapi + asgi-correlation-id"
 HAND_WRITTEN_OTEL = "hand-written stack [OTel SDK]"
+IN_PROCESS, HTTP = ("inprocess",), ("http",)
+BOTH = IN_PROCESS + HTTP
 
 
 def _identity_variants() -> list[Variant]:
@@ -245,7 +248,7 @@ def _identity_variants() -> list[Variant]:
 
 
 VARIANTS: tuple[Variant, ...] = (
-    Variant(BARE, bare_starlette, http=True, target=True),
+    Variant(BARE, bare_starlette, http=True, targets=BOTH),
     Variant(BARE_FASTAPI, peers.bare_fastapi),
     Variant(PRESET, preset_identity, BARE),
     *_identity_variants(),
@@ -258,12 +261,18 @@ VARIANTS: tuple[Variant, ...] = (
     ),
     Variant("RoutePolicy alone, model rule", _alone(_route_policy), PRESET),
     Variant("ConversationTagger alone", _alone(_conversations), PRESET),
-    Variant(FULL_REPEATED, full_stack_memory, BARE, http=True, target=True),
-    Variant(FULL_REPEATED_NO_QUOTA, full_stack_memory_no_token_quota, BARE, target=True),
-    Variant(FULL_NEW, full_stack_memory, BARE, tokens="new", http=True, target=True),
-    Variant(FULL_NEW_NO_QUOTA, full_stack_memory_no_token_quota, BARE, tokens="new", target=True),
+    Variant(FULL_REPEATED, full_stack_memory, BARE, http=True, targets=BOTH),
+    Variant(FULL_REPEATED_NO_QUOTA, full_stack_memory_no_token_quota, BARE, targets=IN_PROCESS),
+    Variant(FULL_NEW, full_stack_memory, BARE, tokens="new", http=True, targets=IN_PROCESS),
+    Variant(
+        FULL_NEW_NO_QUOTA,
+        full_stack_memory_no_token_quota,
+        BARE,
+        tokens="new",
+        targets=IN_PROCESS,
+    ),
     Variant("full stack, memory, API key + repeated token", full_stack_memory, BARE, api_key=True),
-    Variant(FULL_REDIS, full_stack_redis, BARE, redis=True, http=True, target=True),
+    Variant(FULL_REDIS, full_stack_redis, BARE, redis=True, http=True, targets=HTTP),
     Variant(
         "Starlette AuthenticationMiddleware + pyjwt (RS256)", peers.starlette_authentication, BARE
     ),
@@ -281,12 +290,12 @@ VARIANTS: tuple[Variant, ...] = (
 BY_NAME = {variant.name: variant for variant in VARIANTS}
 
 
-def select(names_containing: str | None, *, targets: bool = False) -> list[Variant]:
+def select(names_containing: str | None, *, target: str | None = None) -> list[Variant]:
     """The variants whose name contains the text (any case), with the baselines they need.
 
-    `targets`: only those measured for a 0.2 target (and their baselines).
+    `target` ("inprocess" or "http"): only those measured there for a 0.2 target.
     """
-    chosen = [v for v in VARIANTS if v.target or not targets]
+    chosen = [v for v in VARIANTS if target is None or target in v.targets]
     if names_containing:
         chosen = [v for v in chosen if names_containing.lower() in v.name.lower()]
     wanted = {v.name for v in chosen}

@@ -98,9 +98,23 @@ def test_in_process_table_has_every_reference_line(results: str) -> None:
 def test_in_process_table_has_the_four_target_variants_and_pyjwt(results: str) -> None:
     section = _section(results, "In-process")
     for name in (v.FULL_REPEATED, v.FULL_REPEATED_NO_QUOTA, v.FULL_NEW, v.FULL_NEW_NO_QUOTA):
-        assert v.BY_NAME[name].target
+        assert "inprocess" in v.BY_NAME[name].targets
         assert "failed" not in _row(section, name)
     assert "failed" not in _row(section, PYJWT_RS256)
+
+
+def test_targets_select_exactly_what_the_targets_need() -> None:
+    in_process = {variant.name for variant in v.select(None, target="inprocess")}
+    assert in_process == {
+        v.BARE,
+        v.FULL_REPEATED,
+        v.FULL_REPEATED_NO_QUOTA,
+        v.FULL_NEW,
+        v.FULL_NEW_NO_QUOTA,
+    }
+    over_http = {variant.name for variant in v.select(None, target="http")}
+    assert over_http == {v.BARE, v.FULL_REPEATED, v.FULL_REDIS}
+    assert all(v.BY_NAME[name].http for name in over_http)
 
 
 def _server_table(section: str, title: str) -> str:
