@@ -30,7 +30,7 @@ def _parser() -> argparse.ArgumentParser:
         help="run only this part (repeatable); default: inprocess and http",
     )
     parser.add_argument(
-        "--quick", action="store_true", help="small counts: a rough run in well under a minute"
+        "--quick", action="store_true", help="small counts: a rough run in about two minutes"
     )
     parser.add_argument("--filter", help="only the variants whose name contains this text")
     parser.add_argument("--count", type=int, help="in-process requests per round (default 2000)")

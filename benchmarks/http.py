@@ -108,6 +108,11 @@ class HTTPMeasured:
         return statistics.median(self.throughput)
 
     @property
+    def spread(self) -> float:
+        """Half the range of the rounds' throughput, relative to the median: how noisy it is."""
+        return (max(self.throughput) - min(self.throughput)) / 2 / self.rps
+
+    @property
     def measured(self) -> bool:
         return self.status == "ok" and bool(self.throughput)
 
@@ -507,14 +512,14 @@ def table(results: Sequence[HTTPMeasured], settings: LoadSettings) -> str:
             "",
             f"### {config.title}{main}",
             "",
-            "| variant | compared with | requests / s | x baseline | p50 ms | p99 ms |",
-            "| --- | --- | ---: | ---: | ---: | ---: |",
+            "| variant | compared with | requests / s | spread | x baseline | p50 ms | p99 ms |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
         ]
         notes = []
         for result in mine:
             if not result.measured:
                 reason = result.reason.replace("|", "\\|").replace("\n", " ")[:200]
-                lines.append(f"| {result.name} | | {result.status}: {reason} | | | |")
+                lines.append(f"| {result.name} | | {result.status}: {reason} | | | | |")
                 continue
             baseline = by_name.get(result.baseline or "")
             ratio = (
@@ -524,7 +529,7 @@ def table(results: Sequence[HTTPMeasured], settings: LoadSettings) -> str:
             )
             lines.append(
                 f"| {result.name} | {result.baseline or '(baseline)'} | {result.rps:,.0f} | "
-                f"{ratio} | {statistics.median(result.p50_ms):.2f} | "
+                f"±{result.spread:.0%} | {ratio} | {statistics.median(result.p50_ms):.2f} | "
                 f"{statistics.median(result.p99_ms):.2f} |"
             )
             if result.reused:
