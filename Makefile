@@ -39,8 +39,13 @@ test: lint types pytest docs
 demo: $(STAMP)
 	$(BIN)/python -m examples.fastapi
 
+# wrk is the HTTP load generator: installed here when missing and we are root, otherwise the
+# harness says so and falls back to its Python generator. BENCH_ARGS="--targets" and so on.
 bench: $(STAMP)
-	$(BIN)/python -m benchmarks
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && (apt-get update -qq && apt-get install -y -qq wrk); } \
+	  || echo "note: wrk is not installed (apt-get install wrk, as root): HTTP load from the Python generator"
+	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .site .mypy_cache .pytest_cache .ruff_cache

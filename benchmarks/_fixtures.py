@@ -26,13 +26,14 @@ CONVERSATION_ID = "conv-4f1c2a9e"
 RATE_LIMIT = "1000000/minute"
 TOKEN_LIMIT = "1000000000/day"
 
+REQUEST_MODEL = "gpt-bench"
 REQUEST_BODY = json.dumps(
-    {"model": "gpt-bench", "messages": [{"role": "user", "content": "Say hello."}]}
+    {"model": REQUEST_MODEL, "messages": [{"role": "user", "content": "Say hello."}]}
 ).encode()
 RESPONSE: Mapping[str, Any] = {
     "id": "chatcmpl-bench",
     "object": "chat.completion",
-    "model": "gpt-bench",
+    "model": REQUEST_MODEL,
     "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello."}}],
     "usage": {"prompt_tokens": 9, "completion_tokens": 2, "total_tokens": 11},
 }

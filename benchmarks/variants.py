@@ -21,6 +21,7 @@ from ._fixtures import (
     API_KEY_SHA256,
     AUDIENCE,
     RATE_LIMIT,
+    REQUEST_MODEL,
     TOKEN_LIMIT,
     USER_CLAIMS,
     Keys,
@@ -53,6 +54,9 @@ class Variant:
     redis: bool = False
     #: Also measured over HTTP (uvicorn on loopback).
     http: bool = False
+    #: The parts ("inprocess", "http") in which it is measured for a 0.2 target (DESIGN.md
+    #: "Performance"): what `--targets` runs there.
+    targets: tuple[str, ...] = ()
 
 
 def make_app(variant: Variant, keys: Keys) -> ASGIApp:
@@ -94,10 +98,25 @@ def _identity_middleware(app: ASGIApp, keys: Keys, algorithm: str) -> ASGIApp:
     return IdentityMiddleware(app, issuers=[issuer], api_keys=[key])
 
 
-def _rate_limit(app: ASGIApp, storage: str) -> ASGIApp:
+def _rate_limit(app: ASGIApp, storage: str, *, token_quota: bool = True) -> ASGIApp:
     from asgi_identity.middleware.ratelimit import UserRateLimit
 
-    return UserRateLimit(app, limits=RATE_LIMIT, tokens=TOKEN_LIMIT, storage=storage)
+    tokens = TOKEN_LIMIT if token_quota else None
+    return UserRateLimit(app, limits=RATE_LIMIT, tokens=tokens, storage=storage)
+
+
+def _route_policy(app: ASGIApp) -> ASGIApp:
+    from asgi_identity.middleware.policy import RoutePolicy, Rule
+
+    # A model rule, so the policy reads the body's `model` on every chat completion.
+    rule = Rule(
+        id="chat-models",
+        methods=["POST"],
+        paths=["/v1/chat/*"],
+        models=[f"{REQUEST_MODEL}*"],
+        scopes=["chat:write"],
+    )
+    return RoutePolicy(app, rules=[rule], default="deny")
 
 
 def _enforce(app: ASGIApp) -> ASGIApp:
@@ -118,11 +137,12 @@ def _conversations(app: ASGIApp) -> ASGIApp:
     return ConversationTagger(app)
 
 
-def _stack(keys: Keys, algorithm: str, storage: str) -> ASGIApp:
-    # The order of DESIGN.md's flow: the first layer a request meets is built last.
+def _stack(keys: Keys, algorithm: str, storage: str, *, token_quota: bool = True) -> ASGIApp:
+    # Every layer, in the order of DESIGN.md's flow: the first layer a request meets is built last.
     app: ASGIApp = starlette_app()
     app = _conversations(app)
-    app = _rate_limit(app, storage)
+    app = _rate_limit(app, storage, token_quota=token_quota)
+    app = _route_policy(app)
     app = _domains(app)
     app = _enforce(app)
     return _identity_middleware(app, keys, algorithm)
@@ -130,6 +150,10 @@ def _stack(keys: Keys, algorithm: str, storage: str) -> ASGIApp:
 
 def full_stack_memory(keys: Keys, algorithm: str) -> ASGIApp:
     return _stack(keys, algorithm, MEMORY_STORAGE)
+
+
+def full_stack_memory_no_token_quota(keys: Keys, algorithm: str) -> ASGIApp:
+    return _stack(keys, algorithm, MEMORY_STORAGE, token_quota=False)
 
 
 def full_stack_redis(keys: Keys, algorithm: str) -> ASGIApp:
@@ -153,6 +177,7 @@ class PresetIdentity:
             domain="acme.com",
             name=USER_CLAIMS["name"],
             group="pro",
+            scopes=frozenset(USER_CLAIMS["scope"].split()),
             issuer=issuer_url("RS256"),
         )
 
@@ -183,13 +208,18 @@ BARE = "bare Starlette"
 BARE_FASTAPI = "bare FastAPI"
 PRESET = "bare Starlette + preset identity (stand-in)"
 SPAN_BARE = "bare Starlette + request span [OTel SDK]"
-FULL_REPEATED = "full stack, memory, repeated token"
-FULL_NEW = "full stack, memory, new RS256 token"
+# The four in-process targets: a repeated or a new token, with or without a token quota.
+FULL_REPEATED = "full stack, memory, repeated token, with token quota"
+FULL_REPEATED_NO_QUOTA = "full stack, memory, repeated token, no token quota"
+FULL_NEW = "full stack, memory, new RS256 token, with token quota"
+FULL_NEW_NO_QUOTA = "full stack, memory, new RS256 token, no token quota"
 FULL_REDIS = "full stack, Redis, repeated token"
 FULL_REPEATED_OTEL = "full stack, memory, repeated token [OTel SDK]"
 FULL_NEW_OTEL = "full stack, memory, new RS256 token [OTel SDK]"
 HAND_WRITTEN = "hand-written stack: AuthenticationMiddleware + slowapi + asgi-correlation-id"
 HAND_WRITTEN_OTEL = "hand-written stack [OTel SDK]"
+IN_PROCESS, HTTP = ("inprocess",), ("http",)
+BOTH = IN_PROCESS + HTTP
 
 
 def _identity_variants() -> list[Variant]:
@@ -218,7 +248,7 @@ def _identity_variants() -> list[Variant]:
 
 
 VARIANTS: tuple[Variant, ...] = (
-    Variant(BARE, bare_starlette, http=True),
+    Variant(BARE, bare_starlette, http=True, targets=BOTH),
     Variant(BARE_FASTAPI, peers.bare_fastapi),
     Variant(PRESET, preset_identity, BARE),
     *_identity_variants(),
@@ -229,11 +259,20 @@ VARIANTS: tuple[Variant, ...] = (
         _alone(lambda app: _rate_limit(app, MEMORY_STORAGE)),
         PRESET,
     ),
+    Variant("RoutePolicy alone, model rule", _alone(_route_policy), PRESET),
     Variant("ConversationTagger alone", _alone(_conversations), PRESET),
-    Variant(FULL_REPEATED, full_stack_memory, BARE, http=True),
-    Variant(FULL_NEW, full_stack_memory, BARE, tokens="new", http=True),
+    Variant(FULL_REPEATED, full_stack_memory, BARE, http=True, targets=BOTH),
+    Variant(FULL_REPEATED_NO_QUOTA, full_stack_memory_no_token_quota, BARE, targets=IN_PROCESS),
+    Variant(FULL_NEW, full_stack_memory, BARE, tokens="new", http=True, targets=IN_PROCESS),
+    Variant(
+        FULL_NEW_NO_QUOTA,
+        full_stack_memory_no_token_quota,
+        BARE,
+        tokens="new",
+        targets=IN_PROCESS,
+    ),
     Variant("full stack, memory, API key + repeated token", full_stack_memory, BARE, api_key=True),
-    Variant(FULL_REDIS, full_stack_redis, BARE, redis=True, http=True),
+    Variant(FULL_REDIS, full_stack_redis, BARE, redis=True, http=True, targets=HTTP),
     Variant(
         "Starlette AuthenticationMiddleware + pyjwt (RS256)", peers.starlette_authentication, BARE
     ),
@@ -251,11 +290,15 @@ VARIANTS: tuple[Variant, ...] = (
 BY_NAME = {variant.name: variant for variant in VARIANTS}
 
 
-def select(names_containing: str | None) -> list[Variant]:
-    """The variants whose name contains the text (any case), with the baselines they need."""
-    if not names_containing:
-        return list(VARIANTS)
-    wanted = {v.name for v in VARIANTS if names_containing.lower() in v.name.lower()}
+def select(names_containing: str | None, *, target: str | None = None) -> list[Variant]:
+    """The variants whose name contains the text (any case), with the baselines they need.
+
+    `target` ("inprocess" or "http"): only those measured there for a 0.2 target.
+    """
+    chosen = [v for v in VARIANTS if target is None or target in v.targets]
+    if names_containing:
+        chosen = [v for v in chosen if names_containing.lower() in v.name.lower()]
+    wanted = {v.name for v in chosen}
     for name in list(wanted):
         baseline = BY_NAME[name].baseline
         while baseline is not None:
