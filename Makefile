@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help venv test lint types pytest docs demo bench clean
+.PHONY: help venv test lint types pytest docs demo bench clean wrk
 
 help:
 	@echo "make demo   run the FastAPI example gateway with local keys and in-memory limits"
@@ -28,7 +28,14 @@ lint: $(STAMP)
 types: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP)
+# The benchmark smoke tests drive wrk (Debian's package wrk): installed when missing and we are
+# root, otherwise the tests that need it say how to get it.
+wrk:
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && (apt-get update -qq && apt-get install -y -qq wrk); } \
+	  || echo "note: wrk is not installed (apt-get install wrk, as root)"
+
+pytest: $(STAMP) wrk
 	$(BIN)/pytest
 
 docs: $(STAMP)
@@ -39,12 +46,8 @@ test: lint types pytest docs
 demo: $(STAMP)
 	$(BIN)/python -m examples.fastapi
 
-# wrk is the HTTP load generator: installed here when missing and we are root, otherwise the
-# harness says so and falls back to its Python generator. BENCH_ARGS="--targets" and so on.
-bench: $(STAMP)
-	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
-	  && (apt-get update -qq && apt-get install -y -qq wrk); } \
-	  || echo "note: wrk is not installed (apt-get install wrk, as root): HTTP load from the Python generator"
+# wrk is the HTTP load generator; without it the harness falls back to its Python one and says so.
+bench: $(STAMP) wrk
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 
 clean:

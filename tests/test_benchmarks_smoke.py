@@ -25,7 +25,19 @@ from benchmarks.reference import PYJWT_RS256, REFERENCES
 from benchmarks.variants import VARIANTS, redis_reachable
 
 ROOT = Path(__file__).resolve().parent.parent
-needs_wrk = pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
+
+
+def _wrk_installed() -> None:
+    # .ci/run installs wrk (Debian's package): these tests run in CI, never skip.
+    assert shutil.which("wrk"), "wrk is not installed: apt-get install wrk (or run .ci/run)"
+
+
+needs_wrk = pytest.mark.usefixtures("wrk_installed")
+
+
+@pytest.fixture
+def wrk_installed() -> None:
+    _wrk_installed()
 
 
 @pytest.fixture(scope="module")
