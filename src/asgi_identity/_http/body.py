@@ -28,6 +28,10 @@ OUTPUT_CAP_FIELDS: Final = ("max_completion_tokens", "max_tokens", "max_output_t
 #: here, never a storage error later).
 MAX_OUTPUT_CAP: Final = 100_000_000
 MAX_COMPLETIONS: Final = 128
+# Every top-level field a layer reads.
+_FIELDS: Final = frozenset(
+    {*OUTPUT_CAP_FIELDS, "model", "n", "best_of", "stream", "stream_options", "method"}
+)
 
 
 class BodyError(ValueError):
@@ -166,35 +170,54 @@ class BodyFields:
 
     def __init__(self, document: Any = None) -> None:
         self.problem: str | None = None
+        self.model: str | None = None
+        self.output_cap: int | None = None
+        self.n: int | None = None
+        self.best_of: int | None = None
+        self.stream = self.include_usage = False
+        self.rpc_method: str | None = None
+        self.rpc_id: str | int | None = None
+        self.rpc_name: str | None = None
+        self.rpc_uri: str | None = None
         self.is_object = isinstance(document, dict)
-        doc: dict[str, Any] = document if self.is_object else {}
-        model = doc.get("model")
-        self.model: str | None = model if isinstance(model, str) else None
-        if model is not None and self.model is None:
-            self.problem = "The request body's model must be a string."
-        caps = [doc[name] for name in OUTPUT_CAP_FIELDS if name in doc]
-        counted = [_count(cap) for cap in caps]
-        if None in counted or any(c is not None and not 0 <= c <= MAX_OUTPUT_CAP for c in counted):
-            self.problem = (
-                f"The request body's output token cap must be an integer from 0 to "
-                f"{MAX_OUTPUT_CAP}."
-            )
-        # Several cap fields: the upstream may honour any of them, so the largest counts.
-        self.output_cap: int | None = max((c for c in counted if c is not None), default=None)
-        self.n = self._multiplier(doc, "n")
-        self.best_of = self._multiplier(doc, "best_of")
+        if not self.is_object:
+            return
+        doc: dict[str, Any] = document
+        # Most bodies hold two or three of these fields: one C-level intersection finds them.
+        present = _FIELDS.intersection(doc)
+        if not present:
+            return
+        if "model" in present:
+            model = doc["model"]
+            if isinstance(model, str):
+                self.model = model
+            elif model is not None:
+                self.problem = "The request body's model must be a string."
+        if not present.isdisjoint(OUTPUT_CAP_FIELDS):
+            counted = [_count(doc[name]) for name in OUTPUT_CAP_FIELDS if name in present]
+            if any(c is None or not 0 <= c <= MAX_OUTPUT_CAP for c in counted):
+                self.problem = (
+                    f"The request body's output token cap must be an integer from 0 to "
+                    f"{MAX_OUTPUT_CAP}."
+                )
+            # Several cap fields: the upstream may honour any of them, so the largest counts.
+            self.output_cap = max((c for c in counted if c is not None), default=None)
+        if "n" in present:
+            self.n = self._multiplier(doc, "n")
+        if "best_of" in present:
+            self.best_of = self._multiplier(doc, "best_of")
         self.stream = doc.get("stream") is True
         options = doc.get("stream_options")
         self.include_usage = isinstance(options, dict) and options.get("include_usage") is True
-        method = doc.get("method")
-        self.rpc_method: str | None = method if isinstance(method, str) else None
-        rpc_id = doc.get("id")
-        self.rpc_id: str | int | None = rpc_id if isinstance(rpc_id, str | int) else None
-        params = doc.get("params")
-        params = params if isinstance(params, dict) else {}
-        name, uri = params.get("name"), params.get("uri")
-        self.rpc_name: str | None = name if isinstance(name, str) else None
-        self.rpc_uri: str | None = uri if isinstance(uri, str) else None
+        if "method" in present:
+            method, rpc_id = doc["method"], doc.get("id")
+            self.rpc_method = method if isinstance(method, str) else None
+            self.rpc_id = rpc_id if isinstance(rpc_id, str | int) else None
+            params = doc.get("params")
+            if isinstance(params, dict):
+                name, uri = params.get("name"), params.get("uri")
+                self.rpc_name = name if isinstance(name, str) else None
+                self.rpc_uri = uri if isinstance(uri, str) else None
 
     def _multiplier(self, doc: dict[str, Any], field: str) -> int | None:
         if field not in doc or doc[field] is None:

@@ -35,7 +35,7 @@ class ConversationTags:
 
     def tag(self, identity: Identity, values: tuple[bytes, ...]) -> Identity:
         """`identity` with the request's one well-formed conversation id, if it has one."""
-        if len(values) != 1 or not well_formed_conversation_id(values[0]):
+        if len(values) != 1:
             return identity  # ConversationTagger, if present, says what is wrong with it
         value = values[0]
         key = (id(identity), value)
@@ -43,6 +43,8 @@ class ConversationTags:
         # The entry holds the identity itself, so its id cannot be reused while cached.
         if hit is not None and hit[0] is identity:
             return hit[1]
+        if not well_formed_conversation_id(value):
+            return identity
         tagged = identity.replace(conversation_id=value.decode("ascii"))
         if len(self._tagged) >= _TAGGED_CACHE_SIZE:
             self._tagged.clear()
@@ -118,7 +120,7 @@ class ConversationTagger:
         )
         self._tags = ConversationTags()
 
-    def _read(self, view: RequestView) -> bytes | IdentityError | None:
+    def _read(self, view: RequestView, tagged: str | None) -> bytes | IdentityError | None:
         if view.conversation_header == self._header:
             values = view.conversation_ids  # read in IdentityMiddleware's one pass
         else:
@@ -129,9 +131,12 @@ class ConversationTagger:
             return self._duplicate
         if not values:
             return self._missing if self.required else None
-        if not well_formed_conversation_id(values[0], self.max_length):
+        value = values[0]
+        if tagged is not None and len(value) <= self.max_length and tagged.encode() == value:
+            return value  # IdentityMiddleware checked its characters already
+        if not well_formed_conversation_id(value, self.max_length):
             return self._malformed
-        return values[0]
+        return value
 
     async def __call__(self, scope: AnyScope, receive: AnyReceive, send: AnySend) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -144,7 +149,7 @@ class ConversationTagger:
             await self.app(scope, receive, send)
             return
         identity = require_identity(scope, "ConversationTagger")
-        value = self._read(view)
+        value = self._read(view, identity.conversation_id)
         if isinstance(value, IdentityError):
             if await self.policy.refuse(value, scope, receive, send):
                 return

@@ -72,11 +72,12 @@ class UsageMeter:
     """Watches the response through the request's responder: reads its usage as it passes,
     reports it before the last chunk goes out, and decides what to charge."""
 
-    __slots__ = ("_reader", "_reservation", "reported", "status")
+    __slots__ = ("_found", "_reader", "_reservation", "reported", "status")
 
     def __init__(self, reservation: Reservation) -> None:
         self._reservation = reservation
         self._reader: UsageReader | None = None
+        self._found: TokenUsage | None = None
         self.status = 0
         self.reported = False  # the usage is on the span and the metrics already
 
@@ -103,8 +104,11 @@ class UsageMeter:
     def found(self) -> TokenUsage | None:
         """The usage the app reported, or else the one the response carried."""
         found = self._reservation.reported
-        if found is None and self._reader is not None:
-            found = self._reader.result()
+        if found is None:
+            found = self._found
+            if found is None and self._reader is not None:
+                # Read once the response is whole; a report that comes later still wins.
+                found = self._found = self._reader.result()
         return found
 
     def report(self) -> None:
