@@ -99,6 +99,10 @@ def _json_object(data: bytes, what: str) -> dict[str, Any]:
     # as `\ud83d\ude00`) are valid; the full check runs only when such an escape is present.
     if (b"\\ud" in data or b"\\uD" in data) and not _is_text(value):
         raise invalid(MALFORMED, f"{what} holds a lone surrogate, which is not text")
+    # JSON only lets a NUL in as an escape; C strings, logs and header parsers end at it, so a
+    # claim holding one would read differently downstream (DESIGN: a 401, never a fall-back).
+    if b"\\u0000" in data:
+        raise invalid(MALFORMED, f"{what} holds a NUL character, which is not text")
     return value
 
 
