@@ -4,6 +4,7 @@ no module grows past a screenful or two (DESIGN.md, "The layout")."""
 from __future__ import annotations
 
 import ast
+import importlib
 import subprocess
 import sys
 import textwrap
@@ -149,3 +150,29 @@ def test_no_module_is_longer_than_300_lines() -> None:
         elif lines <= MAX_LINES and name in NOT_YET_SPLIT:
             too_long[name] = lines  # split already: take it off the list
     assert too_long == {}
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "names"),
+    [
+        (
+            "asgi_identity.tokens",
+            "asgi_identity.credentials.tokens",
+            ["JWTIssuer", "TokenVerifier"],
+        ),
+        ("asgi_identity.claims", "asgi_identity.credentials.claims", ["ClaimMap", "PRESETS"]),
+        ("asgi_identity.apikeys", "asgi_identity.credentials.apikeys", ["APIKey", "hash_api_key"]),
+        ("asgi_identity.usage", "asgi_identity.quotas.usage", ["TokenUsage", "usage_from_json"]),
+        (
+            "asgi_identity.fastapi",
+            "asgi_identity.integrations.fastapi",
+            ["CurrentIdentity", "require_roles", "install_error_handler"],
+        ),
+    ],
+)
+def test_the_0_1_import_paths_still_give_the_same_objects(
+    old: str, new: str, names: list[str]
+) -> None:
+    before, after = importlib.import_module(old), importlib.import_module(new)
+    for name in names:
+        assert getattr(before, name) is getattr(after, name), name
