@@ -1,8 +1,9 @@
 """Pure-ASGI middlewares that make any ASGI app its own identity-aware AI gateway."""
 
 # Set before the imports below: telemetry reads it while the package is still importing.
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"
 
+from asgi_identity.audit import configure_audit, shutdown_audit
 from asgi_identity.credentials.apikeys import (
     APIKey,
     APIKeyStore,
@@ -27,11 +28,14 @@ from asgi_identity.middleware.ratelimit import (
 )
 from asgi_identity.quotas.usage import TokenUsage
 from asgi_identity.stack import identity_stack, stack_layers
+from asgi_identity.telemetry import configure_telemetry
+from asgi_identity.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = [
     "PRESETS",
     "APIKey",
     "APIKeyStore",
+    "ASGIApp",
     "Actor",
     "ClaimMap",
     "ConversationTagger",
@@ -43,21 +47,28 @@ __all__ = [
     "IdentityMiddleware",
     "IdentitySource",
     "JWTIssuer",
+    "Message",
     "MiddlewareOrderError",
     "PolicyDecision",
     "PolicyFileError",
     "RateLimitUnavailable",
+    "Receive",
     "RoutePolicy",
     "Rule",
+    "Scope",
+    "Send",
     "StaticAPIKeyStore",
     "TokenUsage",
     "TokenVerifier",
     "UserRateLimit",
     "WindowUsage",
+    "configure_audit",
+    "configure_telemetry",
     "generate_api_key",
     "get_identity",
     "get_rate_limiter",
     "hash_api_key",
     "identity_stack",
+    "shutdown_audit",
     "stack_layers",
 ]
