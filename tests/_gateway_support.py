@@ -17,9 +17,10 @@ from typing import Any
 
 import httpx
 
+from _asgi import make_scope, request
 from _servers import serve
 from asgi_identity.identity import Identity
-from asgi_identity.types import Message, Receive, Scope, Send
+from asgi_identity.types import Receive, Scope, Send
 
 #: Every socket operation of the client is bounded by this many seconds.
 SOCKET_TIMEOUT = 10.0
@@ -306,35 +307,15 @@ async def asgi_get(
     path: str = "/v1/models",
 ) -> int:
     """One GET through `app` as a server would call it, with `client` as the peer; the status."""
-    scope: Scope = {
-        "type": "http",
-        "asgi": {"version": "3.0", "spec_version": "2.3"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"host", b"gateway.test"), *headers],
-        "client": client,
-        "server": ("127.0.0.1", 8000),
-        "state": {},
-    }
-    sent: list[Message] = []
-    delivered = False
-
-    async def receive() -> Message:
-        nonlocal delivered
-        if not delivered:
-            delivered = True
-            return {"type": "http.request", "body": b"", "more_body": False}
-        return {"type": "http.disconnect"}
-
-    async def send(message: Message) -> None:
-        sent.append(message)
-
-    await app(scope, receive, send)
+    scope = make_scope(
+        path=path,
+        headers=[(b"host", b"gateway.test"), *headers],
+        client=client,
+        server=("127.0.0.1", 8000),
+        asgi={"version": "3.0", "spec_version": "2.3"},
+        state={},
+    )
+    sent = (await request(app, scope=scope)).messages
     starts = [m for m in sent if m["type"] == "http.response.start"]
     assert len(starts) == 1, sent
     status: int = starts[0]["status"]

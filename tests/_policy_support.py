@@ -1,40 +1,12 @@
-"""Shared by the route policy tests: the app behind the policy and the callers of the rule table."""
+"""Shared by the route policy tests: the rule files and the callers of the rule table."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from asgi_identity import Actor, Identity
-from asgi_identity.types import Message, Receive, Scope, Send
 
 DATA = Path(__file__).parent / "data"
-
-
-class Recorder:
-    """The app behind the policy: answers 200 with the exact body bytes it received."""
-
-    def __init__(self) -> None:
-        self.messages: list[Message] = []
-        self.identity: Identity | None = None
-        self.calls = 0
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        self.calls += 1
-        self.identity = scope.get("identity")
-        if scope["type"] == "websocket":
-            await receive()
-            await send({"type": "websocket.accept"})
-            await send({"type": "websocket.close", "code": 1000})
-            return
-        body = b""
-        while True:
-            message = await receive()
-            self.messages.append(message)
-            body += message.get("body", b"")
-            if not message.get("more_body", False):
-                break
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": body})
 
 
 IDENTITIES: dict[str, Identity] = {

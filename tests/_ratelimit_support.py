@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from _asgi import http_client
 from _redis import REDIS_URL
 from asgi_identity.identity import Identity, set_identity
 from asgi_identity.middleware.ratelimit import UserRateLimit, get_rate_limiter
@@ -147,11 +148,7 @@ def llm_app() -> Starlette:
 def client(
     app: ASGIApp, *, peer: tuple[str, int] = ("127.0.0.1", 50000), **kwargs: Any
 ) -> httpx.AsyncClient:
-    return httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app, client=peer),
-        base_url="http://testserver",
-        **kwargs,
-    )
+    return http_client(app, base_url="http://testserver", peer=peer, **kwargs)
 
 
 def unique_prefix() -> str:

@@ -16,10 +16,10 @@ import httpx
 import pytest
 
 import asgi_identity
+from _asgi import http_client, lifespan
 from _snippets import code_blocks
 from asgi_identity import DomainAllowlist, Identity
 from asgi_identity.testing import LocalIssuer, with_identity
-from asgi_identity.types import Message
 
 TESTING = "docs/testing.md"
 
@@ -159,22 +159,10 @@ async def test_bare_asgi_app_of_getting_started_runs_its_lifespan_and_its_reques
     app = namespace["app"]
 
     # The lifespan a server runs: start-up, then shutdown, each answered.
-    inbox: asyncio.Queue[Message] = asyncio.Queue()
-    sent: list[Message] = []
-
-    async def send(message: Message) -> None:
-        sent.append(message)
-
-    await inbox.put({"type": "lifespan.startup"})
-    await inbox.put({"type": "lifespan.shutdown"})
-    await asyncio.wait_for(
-        app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, inbox.get, send), 10
-    )
-    assert [m["type"] for m in sent] == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+    assert await lifespan(app) == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
 
     token = offline_issuers.mint(sub="alice", email="alice@acme.com")
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://gateway.test") as client:
+    async with http_client(app, base_url="http://gateway.test") as client:
         hello = await client.get("/", headers={"Authorization": f"Bearer {token}"})
         refused = await client.get("/")
     assert hello.status_code == 200
@@ -195,8 +183,7 @@ async def test_index_page_error_body_is_the_one_the_package_sends() -> None:
         source="jwt", user_id="mallory", email="mallory@evil.test", domain="evil.test"
     )
     layer = DomainAllowlist(app, domains=["acme.com"])
-    transport = httpx.ASGITransport(app=with_identity(layer, mallory))
-    async with httpx.AsyncClient(transport=transport, base_url="http://gateway.test") as client:
+    async with http_client(with_identity(layer, mallory), base_url="http://gateway.test") as client:
         response = await client.get("/v1/models")
     assert response.status_code == 403
     assert response.json() == json.loads(shown)

@@ -32,6 +32,7 @@ from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
 import asgi_identity
+from _asgi import http_client
 from _servers import serve
 from _snippets import code_blocks
 from asgi_identity import APIKey, generate_api_key
@@ -567,8 +568,7 @@ async def test_readme_stack_gives_the_pro_tier_its_model_and_refuses_it_to_the_o
     def bearer(user: str, **claims: Any) -> dict[str, str]:
         return {"Authorization": f"Bearer {idp.mint(sub=user, email=f'{user}@acme.com', **claims)}"}
 
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://gateway.test") as client:
+    async with http_client(app, base_url="http://gateway.test") as client:
 
         async def ask(model: str, headers: dict[str, str]) -> httpx.Response:
             return await client.post("/v1/whoami", json={"model": model}, headers=headers)
@@ -607,8 +607,7 @@ async def test_readme_quick_start_serves_allowed_users_and_refuses_the_others(
     def bearer(email: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {idp.mint(sub=email.split('@')[0], email=email)}"}
 
-    transport = httpx.ASGITransport(app=namespace["app"])
-    async with httpx.AsyncClient(transport=transport, base_url="http://gateway.test") as client:
+    async with http_client(namespace["app"], base_url="http://gateway.test") as client:
         alice = await client.get("/v1/me", headers=bearer("alice@acme.com"))
         assert alice.status_code == 200, alice.text
         assert alice.json() == {"user": "alice", "email": "alice@acme.com"}

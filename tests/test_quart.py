@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import httpx
@@ -11,10 +10,10 @@ import pytest
 from quart import Quart, request
 
 import asgi_identity
+from _asgi import http_client, lifespan
 from _snippets import code_blocks
 from asgi_identity import JWTIssuer, get_identity, identity_stack
 from asgi_identity.testing import LocalIssuer
-from asgi_identity.types import Message
 
 IDP = LocalIssuer(issuer="https://login.acme.com/", audience="gateway", algorithm="ES256")
 
@@ -23,24 +22,8 @@ def bearer(**claims: Any) -> dict[str, str]:
     return {"Authorization": f"Bearer {IDP.mint(**claims)}"}
 
 
-async def run_lifespan(app: Any) -> list[str]:
-    """Start-up then shutdown, as a server runs them; the types of the answers."""
-    inbox: asyncio.Queue[Message] = asyncio.Queue()
-    sent: list[str] = []
-
-    async def send(message: Message) -> None:
-        sent.append(message["type"])
-
-    await inbox.put({"type": "lifespan.startup"})
-    await inbox.put({"type": "lifespan.shutdown"})
-    scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"}, "state": {}}
-    await asyncio.wait_for(app(scope, inbox.get, send), 10)
-    return sent
-
-
 async def get(app: Any, path: str, headers: dict[str, str] | None = None) -> httpx.Response:
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://gateway.test") as client:
+    async with http_client(app, base_url="http://gateway.test") as client:
         return await client.get(path, headers=headers)
 
 
@@ -65,7 +48,7 @@ async def test_quart_snippet_of_getting_started_wraps_asgi_app(
     app = namespace["app"]
     assert isinstance(app, Quart)
 
-    assert await run_lifespan(app) == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+    assert await lifespan(app) == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
     alice = await get(app, "/v1/me", bearer(sub="alice", email="alice@acme.com"))
     assert alice.status_code == 200, alice.text
     assert alice.json() == {"user": "alice", "email": "alice@acme.com"}
@@ -90,7 +73,7 @@ async def test_identity_stack_wraps_a_quart_app() -> None:
         rate_limit={"limits": "2/minute"},
     )
 
-    assert await run_lifespan(app) == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+    assert await lifespan(app) == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
     headers = {**bearer(sub="bob", email="bob@acme.com"), "X-Conversation-Id": "conv-1"}
     bob = await get(app, "/v1/me", headers)
     assert bob.status_code == 200, bob.text

@@ -7,7 +7,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from fastapi import FastAPI, Request
 from litestar import Litestar, get
@@ -18,6 +17,7 @@ from starlette.requests import Request as StarletteRequest
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from _asgi import http_client, make_scope, request
 from asgi_identity import APIKey, ClaimMap, Rule, TokenVerifier, get_identity, hash_api_key
 from asgi_identity.credentials.tokens import JWTIssuer
 from asgi_identity.middleware import (
@@ -63,8 +63,7 @@ def _starlette() -> Starlette:
 async def _call_all(app: Any, issuer: LocalIssuer) -> list[tuple[int, Any]]:
     alice = issuer.mint(sub="alice", email="alice@acme.com")
     mallory = issuer.mint(sub="mallory", email="mallory@evil.com")
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+    async with http_client(app, base_url="http://test") as client:
         requests = [
             client.get("/whoami"),
             client.get("/whoami", headers={"x-api-key": KEY}),
@@ -166,22 +165,15 @@ async def test_identity_stack_normalizes_paths_and_reads_its_conversation_header
     )
     scope_path = "/health/../whoami"
     alice = issuer.mint(sub="alice", email="alice@acme.com")
-    sent: list[Any] = []
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b""}
-
-    async def send(message: Any) -> None:
-        sent.append(message)
-
     # Driven directly: httpx would remove the dot-segments before sending.
-    scope = {
-        "type": "http", "method": "GET", "path": scope_path, "raw_path": scope_path.encode(),
-        "query_string": b"", "root_path": "", "scheme": "http", "server": ("test", 80),
-        "client": ("127.0.0.1", 1), "asgi": {"version": "3.0"}, "http_version": "1.1",
-        "headers": [(b"authorization", f"Bearer {alice}".encode()), (b"x-thread-id", b"t-9")],
-    }  # fmt: skip
-    await app(scope, receive, send)
+    scope = make_scope(
+        path=scope_path,
+        server=("test", 80),
+        headers=[(b"authorization", f"Bearer {alice}".encode()), (b"x-thread-id", b"t-9")],
+    )
+    sent = (
+        await request(app, scope=scope, messages=[{"type": "http.request", "body": b""}])
+    ).messages
     assert sent[0]["status"] == 200
     assert (b"x-thread-id", b"t-9") in sent[0]["headers"]
     # The app routed the canonical path (not the excluded /health) with the tagged identity.

@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from opentelemetry._logs import _internal as _logs_internal
 from opentelemetry.sdk._logs import LoggerProvider
@@ -25,6 +24,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
+from _asgi import http_client
 from asgi_identity import APIKey, Identity, hash_api_key, telemetry
 from asgi_identity.audit import (
     AuditFile,
@@ -68,8 +68,7 @@ def stack(issuer: LocalIssuer) -> ASGIApp:
 
 
 async def call(app: ASGIApp, headers: dict[str, str]) -> int:
-    transport = httpx.ASGITransport(app=app, client=("203.0.113.9", 4321))
-    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as http:
+    async with http_client(app, peer=("203.0.113.9", 4321)) as http:
         return (await http.get("/v1/models", headers=headers)).status_code
 
 

@@ -15,24 +15,14 @@ from typing import Any
 import pytest
 from jwt.algorithms import get_default_algorithms
 
+from _asgi import Recorder, make_scope, request
 from asgi_identity import APIKey, Identity, hash_api_key
 from asgi_identity.credentials.tokens import JWTIssuer
 from asgi_identity.middleware import IdentityMiddleware
 from asgi_identity.testing import LocalIssuer
-from asgi_identity.types import Message, Receive, Scope, Send
 
 KEY = "sk-ai-backend-key-0123456789"
 PEER = ("10.1.2.3", 50000)
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.scope: Scope | None = None
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        self.scope = scope
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b"ok"})
 
 
 @dataclass
@@ -42,36 +32,20 @@ class Outcome:
     identity: Identity | None
 
 
-async def request(app: Any, recorder: Recorder, headers: list[tuple[str, str]]) -> Outcome:
-    scope: Scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": "/v1/chat/completions",
-        "raw_path": b"/v1/chat/completions",
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(name.lower().encode(), value.encode()) for name, value in headers],
-        "client": PEER,
-        "server": ("testserver", 80),
-    }
-    sent: list[Message] = []
-
-    async def receive() -> Message:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message: Message) -> None:
-        sent.append(message)
-
-    await app(scope, receive, send)
-    status = sent[0]["status"]
+async def call(app: Any, recorder: Recorder, headers: list[tuple[str, str]]) -> Outcome:
+    reply = await request(
+        app,
+        scope=make_scope(
+            path="/v1/chat/completions",
+            headers=[(name.lower(), value) for name, value in headers],
+            client=PEER,
+        ),
+    )
     code = None
-    if status != 200:
-        code = json.loads(sent[1]["body"])["error"]["code"]
+    if reply.status != 200:
+        code = reply.code
     identity = recorder.scope["identity"] if recorder.scope is not None else None
-    return Outcome(status, code, identity)
+    return Outcome(reply.status, code, identity)
 
 
 def expected(
@@ -134,7 +108,7 @@ async def test_credentials_truth_table(
         headers.append(("x-api-key", "sk-ai-not-a-key-we-issued"))
     headers += [("x-user-email", "carol@acme.com"), ("x-user-email", "dave@acme.com")][:emails]
 
-    outcome = await request(app, recorder, headers)
+    outcome = await call(app, recorder, headers)
 
     status, code, fields = expected(jwt, api_key, emails, header_identity)
     assert (outcome.status, outcome.code) == (status, code)
@@ -178,7 +152,7 @@ async def test_a_token_whose_claims_are_not_text_is_401_not_500(
     signature = algorithm.sign(signing_input.encode(), key.private_key)
     token = f"{signing_input}.{base64.urlsafe_b64encode(signature).rstrip(b'=').decode()}"
 
-    outcome = await request(app, recorder, [("authorization", f"Bearer {token}")])
+    outcome = await call(app, recorder, [("authorization", f"Bearer {token}")])
 
     assert (outcome.status, outcome.code) == (401, "invalid_token")
     assert outcome.identity is None

@@ -16,7 +16,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from _policy_support import DATA, IDENTITIES, Recorder
+from _asgi import Recorder, http_client, request
+from _policy_support import DATA, IDENTITIES
 from _servers import serve
 from asgi_identity import MiddlewareOrderError, telemetry
 from asgi_identity.audit import configure_audit, shutdown_audit
@@ -70,9 +71,8 @@ def policy_file(request: pytest.FixtureRequest) -> Path:
 async def call(
     app: ASGIApp, method: str, path: str, *, json_body: Any = None, content: bytes | None = None
 ) -> httpx.Response:
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
-        return await client.request(
+    async with http_client(app) as http:
+        return await http.request(
             method, path, json=json_body, content=content, headers={"Authorization": SECRET_TOKEN}
         )
 
@@ -177,20 +177,8 @@ async def test_keyword_arguments_override_the_file() -> None:
 
 async def drive(app: ASGIApp, scope: Scope, messages: list[Message]) -> tuple[list[Message], int]:
     """Call `app` directly with these request messages; the sent messages and receive calls."""
-    sent: list[Message] = []
-    pending = list(messages)
-    reads = 0
-
-    async def receive() -> Message:
-        nonlocal reads
-        reads += 1
-        return pending.pop(0) if pending else {"type": "http.disconnect"}
-
-    async def send(message: Message) -> None:
-        sent.append(message)
-
-    await app(scope, receive, send)
-    return sent, reads
+    reply = await request(app, scope=scope, messages=messages)
+    return reply.messages, reply.reads
 
 
 def http_scope(

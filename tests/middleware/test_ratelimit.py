@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from _asgi import request
 from _ratelimit_support import (
     REDIS_URI,
     client,
@@ -306,22 +307,13 @@ async def test_websocket_over_the_limit_is_refused_before_accept(backend: Backen
 
     limiter = limited(backend, ws_app, limits="1/minute")
     app = with_identity(limiter, jwt_user("alice"))
-    sent: list[Message] = []
 
-    async def connect() -> None:
+    async def connect() -> list[Message]:
         scope = {"type": "websocket", "path": "/ws", "headers": [], "client": ("1.2.3.4", 1)}
-        messages = [{"type": "websocket.connect"}]
-
-        async def receive() -> Message:
-            return messages.pop(0) if messages else {"type": "websocket.disconnect"}
-
-        async def send(message: Message) -> None:
-            sent.append(message)
-
-        await app(scope, receive, send)
+        return (await request(app, scope=scope)).messages
 
     await connect()
-    await connect()
+    sent = await connect()
     assert accepted == [True]
     assert sent[-1] == {"type": "websocket.close", "code": 1008, "reason": "rate_limited"}
 

@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
+from _asgi import request
 from _ratelimit_support import (
     REDIS_URI,
     client,
@@ -214,17 +215,13 @@ async def test_streamed_chunks_go_out_as_they_come(backend: Backend) -> None:
         "identity": ALICE,
     }
     bodies: list[bytes] = []
-    request = [{"type": "http.request", "body": b'{"max_tokens": 10}', "more_body": False}]
-
-    async def receive() -> Message:
-        return request.pop(0) if request else {"type": "http.disconnect"}
 
     async def send(message: Message) -> None:
         if message["type"] == "http.response.body":
             bodies.append(message["body"])
             first_seen.set()
 
-    await asyncio.wait_for(limiter(scope, receive, send), 10)
+    await request(limiter, scope=scope, body=b'{"max_tokens": 10}', on_send=send)
     assert bodies[0] == b"data: {}\n\n"
     assert await tokens_used(limiter) == 5
 

@@ -14,6 +14,7 @@ import coredis
 import httpx
 import pytest
 
+from _asgi import lifespan
 from _ratelimit_support import (
     REDIS_URI,
     blackhole,
@@ -259,16 +260,7 @@ async def test_lifespan_shutdown_closes_the_redis_connections(prefix: str) -> No
     limited = UserRateLimit(llm_app(), limits="5/minute", storage=REDIS_URI, key_prefix=prefix)
     async with client(identify(limited), headers={"x-test-user": "alice"}) as http:
         assert (await http.get("/")).status_code == 200
-    events = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
-    sent: list[str] = []
-
-    async def receive() -> dict[str, Any]:
-        return events.pop(0)
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message["type"])
-
-    await asyncio.wait_for(limited({"type": "lifespan", "state": {}}, receive, send), 10)
+    sent = await lifespan(limited, scope={"type": "lifespan", "state": {}})
     assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
 
 

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from _policy_support import IDENTITIES, Recorder
+from _asgi import Recorder
+from _policy_support import IDENTITIES
 from asgi_identity import Actor, Identity
 from asgi_identity.middleware.policy import RoutePolicy
 from asgi_identity.rules import Rule

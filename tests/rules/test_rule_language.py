@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from _policy_support import DATA, Recorder
+from _asgi import Recorder
+from _policy_support import DATA
 from asgi_identity.middleware.policy import RoutePolicy
 from asgi_identity.rules import PolicyFileError, Rule
 

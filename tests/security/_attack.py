@@ -6,7 +6,6 @@ headers, raw non-ASCII bytes, megabyte values) and see exactly what the attacker
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import hmac
@@ -23,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from _asgi import RawHeaders, Reply, make_scope, request
 from asgi_identity import (
     APIKey,
     ConversationTagger,
@@ -35,7 +35,7 @@ from asgi_identity import (
 from asgi_identity.credentials.tokens import JWTIssuer
 from asgi_identity.middleware.ratelimit import Anonymous, UserRateLimit
 from asgi_identity.testing import LocalIssuer, PrivateKey
-from asgi_identity.types import ASGIApp, Message
+from asgi_identity.types import ASGIApp
 
 AUDIENCE = "gateway"
 #: An ordinary app key: names a client, no person behind it.
@@ -48,8 +48,6 @@ ATTACKER = ("203.0.113.66", 41000)
 INSIDE = ("10.1.2.3", 41000)
 #: Every request must finish within this many seconds, or the test fails: no attack may hang.
 DEADLINE = 10.0
-
-RawHeaders = Sequence[tuple[bytes | str, bytes | str]]
 
 
 # -- forging ------------------------------------------------------------------------------------
@@ -162,33 +160,6 @@ def starlette_app(seen: list[Seen]) -> Starlette:
     return Starlette(routes=[Route("/v1/chat", chat, methods=["GET", "POST", "OPTIONS"])])
 
 
-@dataclass
-class Reply:
-    status: int
-    headers: list[tuple[bytes, bytes]]
-    body: bytes
-
-    @property
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-    @property
-    def code(self) -> str:
-        code: str = self.json["error"]["code"]
-        return code
-
-    def header(self, name: str) -> str | None:
-        wanted = name.lower().encode()
-        for key, value in self.headers:
-            if key.lower() == wanted:
-                return value.decode("latin-1")
-        return None
-
-
-def _bytes(value: bytes | str) -> bytes:
-    return value if isinstance(value, bytes) else value.encode("utf-8")
-
-
 async def call(
     app: ASGIApp,
     headers: RawHeaders = (),
@@ -198,41 +169,9 @@ async def call(
     body: bytes = b"",
     client: tuple[str, int] | None = ATTACKER,
 ) -> Reply:
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(_bytes(name), _bytes(value)) for name, value in headers],
-        "client": client,
-        "server": ("testserver", 80),
-    }
-    sent: list[Message] = []
-    delivered = False
-
-    async def receive() -> Message:
-        nonlocal delivered
-        if not delivered:
-            delivered = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        await asyncio.sleep(DEADLINE)  # a well-behaved server waits for the disconnect
-        return {"type": "http.disconnect"}
-
-    async def send(message: Message) -> None:
-        sent.append(message)
-
-    await asyncio.wait_for(app(scope, receive, send), DEADLINE)
-    start = next(m for m in sent if m["type"] == "http.response.start")
-    return Reply(
-        start["status"],
-        list(start.get("headers", [])),
-        b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body"),
-    )
+    scope = make_scope(method=method, path=path, headers=headers, client=client)
+    # A well-behaved server waits for the disconnect.
+    return await request(app, scope=scope, body=body, then="wait")
 
 
 def bearer(token: str) -> tuple[str, str]:

@@ -6,7 +6,6 @@ Every exchange has a deadline: an attack that hangs the stack fails the test ins
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import socket
@@ -16,11 +15,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from _asgi import Kind, Reply, make_scope
+from _asgi import request as deliver
 from _servers import serve
 from asgi_identity import APIKey, Identity, Rule, hash_api_key, identity_stack
 from asgi_identity._http.target import PathPolicy
 from asgi_identity._http.view import SCOPE_KEY
-from asgi_identity.types import ASGIApp, Message, Receive, Scope, Send
+from asgi_identity.types import ASGIApp, Receive, Scope, Send
 
 #: The caller's API key (a client, no person behind it; EnforceIdentity is told not to insist).
 KEY = "sk-redteam-key-00000000000000000000001"
@@ -139,23 +140,6 @@ def gateway(
 # -- raw ASGI ------------------------------------------------------------------------------------
 
 
-@dataclass
-class Reply:
-    status: int
-    headers: list[tuple[bytes, bytes]]
-    body: bytes
-    messages: list[Message] = field(default_factory=list)
-
-    @property
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-    @property
-    def code(self) -> str:
-        code: str = self.json["error"]["code"]
-        return code
-
-
 async def asgi(
     app: ASGIApp,
     *,
@@ -166,7 +150,7 @@ async def asgi(
     headers: Sequence[tuple[bytes, bytes]] = (),
     chunks: Sequence[bytes] = (b"",),
     disconnect: bool = False,
-    kind: str = "http",
+    kind: Kind = "http",
     root_path: str = "",
     authenticated: bool = True,
 ) -> Reply:
@@ -177,60 +161,20 @@ async def asgi(
     sent_headers = list(headers)
     if authenticated:
         sent_headers.append((b"x-api-key", KEY.encode()))
-    scope: dict[str, Any] = {
-        "type": kind,
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "scheme": "http" if kind == "http" else "ws",
-        "path": path,
-        "raw_path": path.encode("utf-8") if raw_path is None else raw_path,
-        "query_string": query,
-        "root_path": root_path,
-        "headers": [(b"host", b"gateway"), *sent_headers],
-        "client": ("203.0.113.7", 40000),
-        "server": ("gateway", 80),
-        "extensions": {"websocket.http.response": {}},
-    }
-    if kind == "http":
-        scope["method"] = method
-    pending: list[Message]
-    if kind == "websocket":
-        pending = [{"type": "websocket.connect"}]
-    else:
-        pending = [
-            {
-                "type": "http.request",
-                "body": chunk,
-                "more_body": disconnect or index < len(chunks) - 1,
-            }
-            for index, chunk in enumerate(chunks)
-        ]
-        if disconnect:
-            pending.append({"type": "http.disconnect"})
-    sent: list[Message] = []
-
-    async def receive() -> Message:
-        if pending:
-            return pending.pop(0)
-        await asyncio.sleep(DEADLINE)  # a well-behaved server waits for the disconnect
-        return {"type": "http.disconnect" if kind == "http" else "websocket.disconnect"}
-
-    async def send(message: Message) -> None:
-        sent.append(message)
-
-    await asyncio.wait_for(app(scope, receive, send), DEADLINE)
-    starts = [
-        m for m in sent if m["type"] in ("http.response.start", "websocket.http.response.start")
-    ]
-    if not starts:
-        accepted = any(m["type"] == "websocket.accept" for m in sent)
-        return Reply(101 if accepted else 0, [], b"", sent)
-    body = b"".join(
-        m.get("body", b"")
-        for m in sent
-        if m["type"] in ("http.response.body", "websocket.http.response.body")
+    scope = make_scope(
+        kind,
+        method=method,
+        path=path,
+        raw_path=raw_path,
+        query=query,
+        root_path=root_path,
+        headers=[(b"host", b"gateway"), *sent_headers],
+        client=("203.0.113.7", 40000),
+        server=("gateway", 80),
+        extensions={"websocket.http.response": {}},
     )
-    return Reply(starts[0]["status"], list(starts[0].get("headers", [])), body, sent)
+    # A well-behaved server waits for the disconnect.
+    return await deliver(app, scope=scope, chunks=chunks, disconnect=disconnect, then="wait")
 
 
 # -- raw sockets against uvicorn -----------------------------------------------------------------

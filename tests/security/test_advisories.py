@@ -17,6 +17,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from _asgi import Reply, make_scope
+from _asgi import request as deliver
 from asgi_identity import DomainAllowlist, IdentityMiddleware, JWTIssuer, Rule
 from asgi_identity.testing import LocalIssuer
 
@@ -88,28 +90,11 @@ async def test_oauth2_proxy_underscore_header_smuggling_GHSA_vjrc_mh2v_45x6_trus
 
 async def _from(
     app: Any, client: tuple[str, int], headers: list[tuple[bytes, bytes]], path: str = "/v1/models"
-) -> Any:
-    sent: list[dict[str, Any]] = []
-    scope = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
-        "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
-        "root_path": "", "headers": [(b"host", b"gateway"), *headers], "client": client,
-        "server": ("gateway", 80),
-    }  # fmt: skip
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    await app(scope, receive, send)
-
-    class Sent:
-        status = sent[0]["status"]
-        body = b"".join(m.get("body", b"") for m in sent[1:])
-
-    return Sent
+) -> Reply:
+    scope = make_scope(
+        path=path, headers=[(b"host", b"gateway"), *headers], client=client, server=("gateway", 80)
+    )
+    return await deliver(app, scope=scope)
 
 
 SKIP_HEADERS = [

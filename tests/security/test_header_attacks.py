@@ -16,14 +16,13 @@ from urllib.parse import unquote
 
 import pytest
 
+from _asgi import request
 from asgi_identity.testing import LocalIssuer
-from asgi_identity.types import Message
 
 from ._attack import (
     APP_KEY,
     ATTACKER,
     BACKEND_KEY,
-    DEADLINE,
     INSIDE,
     Gateway,
     bearer,
@@ -368,8 +367,6 @@ async def test_forged_token_over_websocket_is_refused_before_accept(
     gateway: Gateway, rsa_issuer: LocalIssuer
 ) -> None:
     # The handshake is refused (HTTP 401 when the server can send one, else close 1008).
-    import asyncio
-
     token = rsa_issuer.mint(sub="alice")[:-4] + "AAAA"
     scope: dict[str, Any] = {
         "type": "websocket",
@@ -382,19 +379,7 @@ async def test_forged_token_over_websocket_is_refused_before_accept(
         "subprotocols": [],
         "extensions": {"websocket.http.response": {}},
     }
-    sent: list[Message] = []
-    incoming = [{"type": "websocket.connect"}]
-
-    async def receive() -> Message:
-        if incoming:
-            return incoming.pop()
-        await asyncio.sleep(DEADLINE)
-        return {"type": "websocket.disconnect", "code": 1000}
-
-    async def send(message: Message) -> None:
-        sent.append(message)
-
-    await asyncio.wait_for(gateway.app(scope, receive, send), DEADLINE)
+    sent = (await request(gateway.app, scope=scope, then="wait")).messages
     assert sent[0]["type"] == "websocket.http.response.start"
     assert sent[0]["status"] == 401
     assert not gateway.seen

@@ -8,7 +8,6 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import httpx
 import pytest
 from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
@@ -26,6 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from _asgi import http_client
 from asgi_identity import APIKey, get_identity, hash_api_key, telemetry
 from asgi_identity.audit import configure_audit, shutdown_audit
 from asgi_identity.credentials.tokens import JWTIssuer
@@ -155,8 +155,7 @@ async def test_spans_metrics_and_audit_logs_arrive_keyed_by_user(
     bob = {"authorization": f"Bearer {issuer.mint(sub='bob', email='bob@acme.com')}"}
     mallory = {"authorization": f"Bearer {issuer.mint(sub='mallory', email='m@evil.example')}"}
     body = {"model": "gpt", "messages": [{"role": "user", "content": "hi"}]}
-    transport = httpx.ASGITransport(app=gateway(pipeline, issuer, jwks_server))
-    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as http:
+    async with http_client(gateway(pipeline, issuer, jwks_server)) as http:
         statuses = [
             (await http.post("/v1/chat/completions", headers=alice, json=body)).status_code,
             (await http.post("/v1/chat/completions", headers=alice, json=body)).status_code,

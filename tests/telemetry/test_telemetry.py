@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import httpx
 import pytest
 from opentelemetry import propagate
 from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
@@ -29,6 +28,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from _asgi import http_client
 from asgi_identity import APIKey, Identity, get_identity, hash_api_key, telemetry
 from asgi_identity.audit import shutdown_audit
 from asgi_identity.credentials.tokens import JWTIssuer
@@ -157,10 +157,6 @@ def stack(
     )
 
 
-def client(app: ASGIApp) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway")
-
-
 def alice(issuer: LocalIssuer, **claims: Any) -> dict[str, str]:
     token = issuer.mint(
         sub="alice",
@@ -182,7 +178,7 @@ def hashed(user_id: str, key: bytes = PSEUDONYM_KEY) -> str:
 async def test_authenticated_request_puts_the_user_on_the_server_span(
     otel: OTel, issuer: LocalIssuer
 ) -> None:
-    async with client(stack(otel, issuer)) as http:
+    async with http_client(stack(otel, issuer)) as http:
         response = await http.get(
             "/whoami", headers={**alice(issuer), "x-conversation-id": "conv-42"}
         )
@@ -207,7 +203,7 @@ async def test_authenticated_request_puts_the_user_on_the_server_span(
 
 async def test_email_is_on_the_span_only_when_enabled(otel: OTel, issuer: LocalIssuer) -> None:
     otel.configure(record_email=True)
-    async with client(stack(otel, issuer)) as http:
+    async with http_client(stack(otel, issuer)) as http:
         assert (await http.get("/whoami", headers=alice(issuer))).status_code == 200
     assert (otel.server_span().attributes or {})["user.email"] == "alice@acme.com"
 
@@ -216,7 +212,7 @@ async def test_pseudonymous_mode_shows_a_stable_hash_and_never_the_user_id(
     otel: OTel, issuer: LocalIssuer
 ) -> None:
     otel.configure(pseudonymize_key=PSEUDONYM_KEY)
-    async with client(stack(otel, issuer)) as http:
+    async with http_client(stack(otel, issuer)) as http:
         assert (await http.get("/whoami", headers=alice(issuer))).status_code == 200
     attributes = dict(otel.server_span().attributes or {})
     assert attributes["user.hash"] == hashed("alice")
@@ -231,7 +227,7 @@ async def test_pseudonymous_mode_shows_a_stable_hash_and_never_the_user_id(
 async def test_rejection_sets_error_status_and_an_event_with_the_code(
     otel: OTel, issuer: LocalIssuer
 ) -> None:
-    async with client(stack(otel, issuer)) as http:
+    async with http_client(stack(otel, issuer)) as http:
         forged = issuer.mint(sub="alice")[:-8] + "AAAAAAAA"
         response = await http.get("/whoami", headers={"authorization": f"Bearer {forged}"})
     assert response.status_code == 401
@@ -262,7 +258,7 @@ async def test_domain_refusal_is_counted_for_the_user_it_refused(
     otel: OTel, issuer: LocalIssuer
 ) -> None:
     token = issuer.mint(sub="mallory", email="mallory@evil.example")
-    async with client(stack(otel, issuer)) as http:
+    async with http_client(stack(otel, issuer)) as http:
         response = await http.get("/whoami", headers={"authorization": f"Bearer {token}"})
     assert response.status_code == 403
     span = otel.server_span()
@@ -282,7 +278,7 @@ async def test_domain_refusal_is_counted_for_the_user_it_refused(
 
 async def test_observe_mode_adds_an_event_but_no_error(otel: OTel, issuer: LocalIssuer) -> None:
     token = issuer.mint(sub="mallory", email="mallory@evil.example")
-    async with client(stack(otel, issuer, domain_mode="observe")) as http:
+    async with http_client(stack(otel, issuer, domain_mode="observe")) as http:
         response = await http.get("/whoami", headers={"authorization": f"Bearer {token}"})
     assert response.status_code == 200
     span = otel.server_span()
@@ -301,7 +297,7 @@ async def test_observe_mode_adds_an_event_but_no_error(otel: OTel, issuer: Local
 async def test_rate_limit_hits_are_counted_per_user_and_tier(
     otel: OTel, issuer: LocalIssuer
 ) -> None:
-    async with client(stack(otel, issuer, limits="2/minute")) as http:
+    async with http_client(stack(otel, issuer, limits="2/minute")) as http:
         statuses = [(await http.get("/whoami", headers=alice(issuer))).status_code for _ in "abc"]
     assert statuses == [200, 200, 429]
     assert otel.points(telemetry.METRIC_RATE_LIMIT_HITS) == [
@@ -322,7 +318,7 @@ async def test_rate_limit_hits_are_counted_per_user_and_tier(
 
 
 async def test_llm_tokens_are_counted_per_user_and_tier(otel: OTel, issuer: LocalIssuer) -> None:
-    async with client(stack(otel, issuer)) as http:
+    async with http_client(stack(otel, issuer)) as http:
         response = await http.post(
             "/v1/chat/completions", headers=alice(issuer), json={"model": "m", "messages": []}
         )
@@ -465,7 +461,7 @@ async def test_incoming_baggage_never_sets_identity_nor_travels_downstream(
     otel: OTel, issuer: LocalIssuer
 ) -> None:
     spoofed = "user.id=mallory,enduser.id=mallory,asgi_identity.group=enterprise,theme=dark"
-    async with client(stack(otel, issuer)) as http:
+    async with http_client(stack(otel, issuer)) as http:
         response = await http.get("/whoami", headers={**alice(issuer), "baggage": spoofed})
     assert response.status_code == 200
     body = response.json()
@@ -480,7 +476,7 @@ async def test_incoming_baggage_never_sets_identity_nor_travels_downstream(
 async def test_identity_goes_into_outgoing_baggage_only_when_enabled(
     otel: OTel, issuer: LocalIssuer
 ) -> None:
-    async with client(stack(otel, issuer)) as http:
+    async with http_client(stack(otel, issuer)) as http:
         off = (await http.get("/whoami", headers=alice(issuer))).json()["outgoing"]
         otel.configure(identity_in_baggage=True)
         on = (
@@ -502,7 +498,7 @@ async def test_cold_verification_and_jwks_fetch_get_spans_and_cached_requests_do
     otel: OTel, issuer: LocalIssuer, jwks_server: JWKSServer
 ) -> None:
     headers = alice(issuer)
-    async with client(stack(otel, issuer, jwks_server=jwks_server)) as http:
+    async with http_client(stack(otel, issuer, jwks_server=jwks_server)) as http:
         for _ in range(3):
             assert (await http.get("/whoami", headers=headers)).status_code == 200
     [verify] = otel.span_named(telemetry.SPAN_VERIFY)
@@ -521,7 +517,7 @@ async def test_failed_jwks_fetch_marks_its_span_and_counts_an_error(
     otel: OTel, issuer: LocalIssuer, jwks_server: JWKSServer
 ) -> None:
     jwks_server.status = 500
-    async with client(stack(otel, issuer, jwks_server=jwks_server)) as http:
+    async with http_client(stack(otel, issuer, jwks_server=jwks_server)) as http:
         response = await http.get("/whoami", headers=alice(issuer))
     assert response.status_code == 503
     [fetch] = otel.span_named(telemetry.SPAN_JWKS_FETCH)

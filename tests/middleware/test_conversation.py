@@ -15,6 +15,7 @@ from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
+from _asgi import http_client, request
 from asgi_identity import Identity, MiddlewareOrderError, get_identity
 from asgi_identity.middleware.conversation import ConversationTagger
 from asgi_identity.telemetry import ATTR_CONVERSATION, ATTR_ERROR_TYPE, ATTR_LAYER
@@ -64,8 +65,7 @@ ALICE = Identity(source="jwt", user_id="alice", email="alice@acme.com")
 async def post(
     layer: ASGIApp, headers: list[tuple[str, str]] | None = None, path: str = "/v1/chat"
 ) -> httpx.Response:
-    transport = httpx.ASGITransport(app=with_identity(layer, ALICE))
-    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as http:
+    async with http_client(with_identity(layer, ALICE)) as http:
         # Sent as UTF-8 bytes, as a client may, so that non-ASCII ids reach the layer.
         raw = [(name.encode(), value.encode()) for name, value in headers or ()]
         return await http.request("POST" if path == "/v1/chat" else "GET", path, headers=raw)
@@ -130,22 +130,18 @@ async def test_a_malformed_id_is_refused_and_never_replaced(raw: str) -> None:
 
 
 async def test_raw_bytes_outside_utf8_are_refused() -> None:
-    sent: list[Message] = []
-
-    async def receive() -> Message:
-        return {"type": "http.request", "body": b""}
-
-    async def send(message: Message) -> None:
-        sent.append(message)
-
     scope: dict[str, Any] = {
         "type": "http",
         "method": "POST",
         "path": "/v1/chat",
         "headers": [(b"x-conversation-id", b"\xff\xfe\x00")],
     }
-    await with_identity(ConversationTagger(APP), ALICE)(scope, receive, send)
-    assert sent[0]["status"] == 400
+    reply = await request(
+        with_identity(ConversationTagger(APP), ALICE),
+        scope=scope,
+        messages=[{"type": "http.request", "body": b""}],
+    )
+    assert reply.messages[0]["status"] == 400
 
 
 async def test_two_values_are_refused() -> None:
@@ -241,15 +237,6 @@ async def test_observe_mode_passes_a_malformed_id_without_using_it(
 
 
 async def websocket(app: ASGIApp, headers: list[tuple[bytes, bytes]]) -> list[Message]:
-    sent: list[Message] = []
-    incoming: list[Message] = [{"type": "websocket.connect"}]
-
-    async def receive() -> Message:
-        return incoming.pop(0) if incoming else {"type": "websocket.disconnect", "code": 1000}
-
-    async def send(message: Message) -> None:
-        sent.append(message)
-
     scope: dict[str, Any] = {
         "type": "websocket",
         "path": "/ws",
@@ -261,8 +248,7 @@ async def websocket(app: ASGIApp, headers: list[tuple[bytes, bytes]]) -> list[Me
         "subprotocols": [],
         "extensions": {"websocket.http.response": {}},
     }
-    await with_identity(app, ALICE)(scope, receive, send)
-    return sent
+    return (await request(with_identity(app, ALICE), scope=scope)).messages
 
 
 async def test_websocket_gets_the_id_and_it_is_echoed_on_accept() -> None:
@@ -282,8 +268,7 @@ async def test_websocket_with_a_malformed_id_is_refused_before_accept() -> None:
 
 
 async def test_without_identity_middleware_the_error_says_how_to_order_the_layers() -> None:
-    transport = httpx.ASGITransport(app=ConversationTagger(APP))
-    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as http:
+    async with http_client(ConversationTagger(APP)) as http:
         with pytest.raises(MiddlewareOrderError, match="add ConversationTagger before"):
             await http.post("/v1/chat", headers={"x-conversation-id": "c-1"})
 

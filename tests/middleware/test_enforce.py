@@ -4,7 +4,6 @@ import json
 import logging
 from typing import Any
 
-import httpx
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -15,6 +14,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
+from _asgi import http_client, request
 from asgi_identity import APIKey, Identity, MiddlewareOrderError, get_identity, hash_api_key
 from asgi_identity.errors import IdentityError
 from asgi_identity.middleware.enforce import EnforceIdentity
@@ -58,10 +58,6 @@ def key_only(record: APIKey) -> Identity:
     return Identity(source="api_key", client_id=record.id, api_key=record)
 
 
-def client(app: ASGIApp) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway")
-
-
 # (global required, the key's enforce_identity, who calls) -> (status, error code or None)
 TABLE: list[tuple[bool, bool | None, str, int, str | None]] = [
     (True, None, "jwt", 200, None),
@@ -99,7 +95,7 @@ async def test_who_gets_through(
 ) -> None:
     identity = caller(who, key(per_key))
     app = with_identity(EnforceIdentity(APP, required=required), identity)
-    async with client(app) as http:
+    async with http_client(app) as http:
         response = await http.get("/v1/chat")
     assert response.status_code == status
     if code is None:
@@ -116,7 +112,7 @@ async def test_who_gets_through(
 
 
 async def test_without_identity_middleware_the_error_says_how_to_order_the_layers() -> None:
-    async with client(EnforceIdentity(APP)) as http:
+    async with http_client(EnforceIdentity(APP)) as http:
         with pytest.raises(MiddlewareOrderError, match="IdentityMiddleware must run before it"):
             await http.get("/v1/chat")
 
@@ -124,7 +120,7 @@ async def test_without_identity_middleware_the_error_says_how_to_order_the_layer
 async def test_excluded_paths_and_cors_preflight_pass_without_a_person() -> None:
     record = key()
     app = with_identity(EnforceIdentity(APP, exclude_paths=["/health"]), key_only(record))
-    async with client(app) as http:
+    async with http_client(app) as http:
         assert (await http.get("/health")).status_code == 200
         preflight = await http.options(
             "/v1/chat",
@@ -139,7 +135,7 @@ async def test_a_custom_renderer_replaces_the_body() -> None:
         return f"{error.code}: {error.message}".encode(), "text/plain"
 
     app = with_identity(EnforceIdentity(APP, renderer=plain), key_only(key()))
-    async with client(app) as http:
+    async with http_client(app) as http:
         response = await http.get("/v1/chat")
     assert response.status_code == 403
     assert response.text == f"identity_required: {IDENTITY_REQUIRED}"
@@ -160,7 +156,7 @@ async def test_observe_mode_lets_a_bare_key_through_and_records_it(
             await inner(scope, receive, send)
 
     with caplog.at_level(logging.INFO, logger="asgi_identity"):
-        async with client(traced) as http:
+        async with http_client(traced) as http:
             response = await http.get("/v1/chat")
     assert response.status_code == 200
     assert response.json()["source"] == "api_key"
@@ -183,7 +179,7 @@ async def test_a_refusal_marks_the_span_as_an_error() -> None:
         with tracer.start_as_current_span("request"):
             await inner(scope, receive, send)
 
-    async with client(traced) as http:
+    async with http_client(traced) as http:
         assert (await http.get("/v1/chat")).status_code == 403
     [span] = exporter.get_finished_spans()
     assert span.status.description == "identity_required"
@@ -192,15 +188,6 @@ async def test_a_refusal_marks_the_span_as_an_error() -> None:
 
 async def websocket(app: ASGIApp, *, http_response: bool = True) -> list[Message]:
     """Open /ws on `app` as a server would, and return what the app sent."""
-    sent: list[Message] = []
-    incoming: list[Message] = [{"type": "websocket.connect"}]
-
-    async def receive() -> Message:
-        return incoming.pop(0) if incoming else {"type": "websocket.disconnect", "code": 1000}
-
-    async def send(message: Message) -> None:
-        sent.append(message)
-
     extensions: dict[str, Any] = {"websocket.http.response": {}} if http_response else {}
     scope: dict[str, Any] = {
         "type": "websocket",
@@ -213,8 +200,7 @@ async def websocket(app: ASGIApp, *, http_response: bool = True) -> list[Message
         "subprotocols": [],
         "extensions": extensions,
     }
-    await app(scope, receive, send)
-    return sent
+    return (await request(app, scope=scope)).messages
 
 
 async def test_websocket_with_a_bare_key_is_refused_before_accept() -> None:

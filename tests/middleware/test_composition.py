@@ -20,6 +20,7 @@ from starlette.requests import Request as StarletteRequest
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from _asgi import http_client
 from asgi_identity import APIKey, MiddlewareOrderError, get_identity, hash_api_key
 from asgi_identity.credentials.tokens import JWTIssuer
 from asgi_identity.middleware import (
@@ -146,8 +147,7 @@ def headers_of(idp: LocalIssuer, caller: str) -> dict[str, str]:
 
 
 async def post(app: ASGIApp, headers: dict[str, str]) -> httpx.Response:
-    transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 40000))
-    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as http:
+    async with http_client(app, peer=("203.0.113.7", 40000)) as http:
         return await http.post("/v1/chat/completions", headers=headers, json={"model": "m"})
 
 
@@ -181,8 +181,7 @@ async def test_header_identity_from_a_trusted_network_satisfies_enforcement_with
         trusted_header_networks=["10.0.0.0/8"],
         allow_anonymous=True,
     )
-    transport = httpx.ASGITransport(app=app, client=(peer, 40000))
-    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as http:
+    async with http_client(app, peer=(peer, 40000)) as http:
         response = await http.post(
             "/v1/chat/completions", headers={"x-user-email": "Bob@ACME.com"}, json={}
         )
@@ -241,8 +240,7 @@ async def test_the_whole_chain_in_litestar(idp: LocalIssuer) -> None:
         ],
     )
     token = idp.mint(sub="alice", email="alice@acme.com")
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as http:
+    async with http_client(app) as http:
         headers = {"authorization": f"Bearer {token}", "x-conversation-id": "c-2"}
         response = await http.get("/v1/chat/completions", headers=headers)
         assert response.status_code == 200

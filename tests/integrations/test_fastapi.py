@@ -6,6 +6,7 @@ import httpx
 import pytest
 from fastapi import Depends, FastAPI
 
+from _asgi import http_client
 from asgi_identity import Actor, Identity, MiddlewareOrderError
 from asgi_identity.integrations.fastapi import (
     CurrentIdentity,
@@ -64,8 +65,7 @@ def make_api(*, contract: bool = True) -> FastAPI:
 
 
 async def call(app: ASGIApp, method: str, path: str) -> httpx.Response:
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+    async with http_client(app, base_url="http://api") as client:
         return await client.request(method, path)
 
 

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
 
@@ -13,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from _asgi import Recorder, Reply, lifespan, make_scope, request
 from asgi_identity import APIKey, Identity, hash_api_key
 from asgi_identity.credentials._forwarded import forwarded_headers
 from asgi_identity.credentials.tokens import JWTIssuer
@@ -22,60 +21,7 @@ from asgi_identity.types import Message, Receive, Scope, Send
 
 KEY = "sk-ai-backend-key-0123456789"
 OTHER_KEY = "sk-ai-other-key-9876543210"
-
-
-class Recorder:
-    """The app behind the middleware: remembers the scope it was given."""
-
-    def __init__(self) -> None:
-        self.scope: Scope | None = None
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        self.scope = scope
-        if scope["type"] == "websocket":
-            assert (await receive())["type"] == "websocket.connect"
-            await send({"type": "websocket.accept"})
-            await send({"type": "websocket.close", "code": 1000})
-            return
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b"ok"})
-
-    @property
-    def identity(self) -> Identity:
-        assert self.scope is not None, "the app was not called"
-        identity: Identity = self.scope["identity"]
-        return identity
-
-    def header(self, name: str) -> list[str]:
-        assert self.scope is not None, "the app was not called"
-        return [v.decode() for k, v in self.scope["headers"] if k.decode().lower() == name]
-
-    def forwarded(self) -> dict[str, str]:
-        assert self.scope is not None, "the app was not called"
-        return {
-            k.decode(): v.decode() for k, v in self.scope["headers"] if k.startswith(b"x-user-")
-        }
-
-    def header_names(self) -> list[str]:
-        assert self.scope is not None
-        return [k.decode().lower() for k, _ in self.scope["headers"]]
-
-
-@dataclass
-class Response:
-    status: int
-    headers: dict[str, str] = field(default_factory=dict)
-    body: bytes = b""
-
-    @property
-    def code(self) -> str:
-        code: str = json.loads(self.body)["error"]["code"]
-        return code
-
-    @property
-    def message(self) -> str:
-        message: str = json.loads(self.body)["error"]["message"]
-        return message
+CLIENT = ("203.0.113.7", 40000)
 
 
 def http_scope(
@@ -83,42 +29,14 @@ def http_scope(
     *,
     path: str = "/v1/chat/completions",
     method: str = "GET",
-    client: tuple[str, int] | None = ("203.0.113.7", 40000),
+    client: tuple[str, int] | None = CLIENT,
 ) -> Scope:
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        # Names kept as given: the middleware must cope with any case and `_` spellings.
-        "headers": [(name.encode(), value.encode("utf-8")) for name, value in headers],
-        "client": client,
-        "server": ("testserver", 80),
-    }
+    # Names kept as given: the middleware must cope with any case and `_` spellings.
+    return make_scope(method=method, path=path, headers=headers, client=client)
 
 
-async def call(app: Any, headers: Sequence[tuple[str, str]] = (), **options: Any) -> Response:
-    scope = http_scope(headers, **options)
-    sent: list[Message] = []
-
-    async def receive() -> Message:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message: Message) -> None:
-        sent.append(message)
-
-    await app(scope, receive, send)
-    start = sent[0]
-    return Response(
-        start["status"],
-        {k.decode(): v.decode() for k, v in start.get("headers", [])},
-        b"".join(m.get("body", b"") for m in sent[1:]),
-    )
+async def call(app: Any, headers: Sequence[tuple[str, str]] = (), **options: Any) -> Reply:
+    return await request(app, scope=http_scope(headers, **options))
 
 
 def key_record(key: str = KEY, **policy: Any) -> APIKey:
@@ -172,7 +90,7 @@ async def test_unknown_api_key_is_401_and_never_echoed() -> None:
     )
     assert (response.status, response.code) == (401, "invalid_api_key")
     assert b"guessed" not in response.body
-    assert response.headers["www-authenticate"] == 'Bearer error="invalid_token"'
+    assert response.header("www-authenticate") == 'Bearer error="invalid_token"'
     assert app.scope is None
 
 
@@ -378,7 +296,7 @@ async def test_unreachable_identity_provider_is_503_while_keys_keep_working(
     )
     response = await call(middleware, [bearer(issuer.mint(sub="alice")), ("x-api-key", KEY)])
     assert (response.status, response.code) == (503, "identity_provider_unavailable")
-    assert int(response.headers["retry-after"]) >= 1
+    assert int(response.header("retry-after") or 0) >= 1
     assert (await call(middleware, [("x-api-key", KEY)])).status == 200
     assert app.identity.client_id == "backend"
 
@@ -641,8 +559,8 @@ async def test_over_long_email_from_an_untrusted_sender_is_ignored() -> None:
 async def test_no_credentials_is_401_missing_credentials() -> None:
     response = await call(IdentityMiddleware(Recorder(), api_keys=[key_record()]))
     assert (response.status, response.code) == (401, "missing_credentials")
-    assert response.headers["www-authenticate"] == "Bearer"
-    assert response.headers["content-type"] == "application/json"
+    assert response.header("www-authenticate") == "Bearer"
+    assert response.header("content-type") == "application/json"
     assert json.loads(response.body)["error"]["type"] == "authentication_error"
 
 
@@ -760,14 +678,7 @@ async def test_an_apps_own_user_and_auth_are_not_overridden() -> None:
     middleware = IdentityMiddleware(app, api_keys=[key_record()])
     scope = http_scope([("x-api-key", KEY)])
     scope["user"], scope["auth"] = "their user", "their auth"
-
-    async def receive() -> Message:
-        return {"type": "http.request", "body": b""}
-
-    async def send(message: Message) -> None:
-        pass
-
-    await middleware(scope, receive, send)
+    await request(middleware, scope=scope, messages=[{"type": "http.request", "body": b""}])
     assert app.scope is not None
     assert (app.scope["user"], app.scope["auth"]) == ("their user", "their auth")
     assert app.identity.client_id == "backend"
@@ -777,32 +688,26 @@ async def test_an_apps_own_user_and_auth_are_not_overridden() -> None:
 
 
 def websocket_scope(headers: Sequence[tuple[str, str]], *, denial: bool) -> Scope:
-    scope = http_scope(headers, path="/ws")
-    scope["type"] = "websocket"
-    scope["scheme"] = "ws"
-    scope["subprotocols"] = []
-    scope["extensions"] = {"websocket.http.response": {}} if denial else {}
-    del scope["method"]
-    return scope
+    extensions: dict[str, Any] = {"websocket.http.response": {}} if denial else {}
+    return make_scope(
+        "websocket",
+        path="/ws",
+        headers=headers,
+        client=CLIENT,
+        extensions=extensions,
+        subprotocols=[],
+    )
 
 
 async def websocket_call(
     app: Any, headers: Sequence[tuple[str, str]], *, denial: bool
 ) -> list[Message]:
-    sent: list[Message] = []
     incoming: list[Message] = [
         {"type": "websocket.connect"},
         {"type": "websocket.disconnect", "code": 1000},
     ]
-
-    async def receive() -> Message:
-        return incoming.pop(0)
-
-    async def send(message: Message) -> None:
-        sent.append(message)
-
-    await app(websocket_scope(headers, denial=denial), receive, send)
-    return sent
+    reply = await request(app, scope=websocket_scope(headers, denial=denial), messages=incoming)
+    return reply.messages
 
 
 async def test_websocket_with_valid_key_is_accepted_with_identity() -> None:
@@ -835,46 +740,17 @@ async def test_websocket_refusal_closes_1008_without_the_extension() -> None:
 # -- lifespan -------------------------------------------------------------------------------------
 
 
-class LifespanApp(Recorder):
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "lifespan":
-            await super().__call__(scope, receive, send)
-            return
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            else:
-                await send({"type": "lifespan.shutdown.complete"})
-                return
-
-
-async def run_lifespan(app: Any) -> list[str]:
-    incoming = asyncio.Queue[Message]()
-    sent: list[str] = []
-    await incoming.put({"type": "lifespan.startup"})
-    await incoming.put({"type": "lifespan.shutdown"})
-
-    async def send(message: Message) -> None:
-        sent.append(message["type"])
-
-    await asyncio.wait_for(
-        app({"type": "lifespan", "asgi": {"version": "3.0"}}, incoming.get, send), 30
-    )
-    return sent
-
-
 async def test_lifespan_startup_warms_the_key_set(
     issuer: LocalIssuer, jwks_server: JWKSServer
 ) -> None:
-    app = LifespanApp()
+    app = Recorder()
     middleware = IdentityMiddleware(
         app,
         issuers=[
             JWTIssuer(issuer=issuer.issuer, audience="gateway", jwks_url=jwks_server.jwks_url)
         ],
     )
-    assert await run_lifespan(middleware) == [
+    assert await lifespan(middleware) == [
         "lifespan.startup.complete",
         "lifespan.shutdown.complete",
     ]
@@ -886,19 +762,19 @@ async def test_lifespan_startup_completes_when_the_identity_provider_is_down(
 ) -> None:
     jwks_server.status = 500
     middleware = IdentityMiddleware(
-        LifespanApp(),
+        Recorder(),
         issuers=[
             JWTIssuer(issuer=issuer.issuer, audience="gateway", jwks_url=jwks_server.jwks_url)
         ],
     )
-    assert await run_lifespan(middleware) == [
+    assert await lifespan(middleware) == [
         "lifespan.startup.complete",
         "lifespan.shutdown.complete",
     ]
 
 
 async def test_lifespan_passes_through_without_issuers() -> None:
-    assert await run_lifespan(IdentityMiddleware(LifespanApp(), api_keys=[key_record()])) == [
+    assert await lifespan(IdentityMiddleware(Recorder(), api_keys=[key_record()])) == [
         "lifespan.startup.complete",
         "lifespan.shutdown.complete",
     ]
@@ -999,14 +875,7 @@ async def test_headers_reach_the_app_unchanged_when_nothing_is_removed_or_added(
     middleware = IdentityMiddleware(app, api_keys=[key_record()], forward_headers=False)
     scope = http_scope([("x-api-key", KEY), ("Accept", "application/json"), ("x-trace", "1")])
     sent_headers = list(scope["headers"])
-
-    async def receive() -> Message:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message: Message) -> None:
-        return None
-
-    await middleware(scope, receive, send)
+    await request(middleware, scope=scope)
     assert app.scope is not None
     assert app.scope["headers"] == sent_headers
 

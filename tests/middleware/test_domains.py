@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from _asgi import http_client
 from asgi_identity import APIKey, Identity, MiddlewareOrderError, get_identity, hash_api_key
 from asgi_identity.middleware.domains import DomainAllowlist
 from asgi_identity.telemetry import ATTR_ERROR_TYPE, ATTR_LAYER
@@ -35,8 +36,7 @@ APP = Starlette(routes=[Route("/v1/chat", whoami, methods=["POST"])])
 
 
 async def call(layer: ASGIApp, identity: Identity) -> httpx.Response:
-    transport = httpx.ASGITransport(app=with_identity(layer, identity))
-    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as http:
+    async with http_client(with_identity(layer, identity)) as http:
         return await http.post("/v1/chat", json={"model": "gpt"})
 
 
@@ -290,8 +290,7 @@ async def test_a_refusal_never_echoes_the_email() -> None:
 
 
 async def test_without_identity_middleware_the_error_says_how_to_order_the_layers() -> None:
-    transport = httpx.ASGITransport(app=DomainAllowlist(APP, domains=["acme.com"]))
-    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as http:
+    async with http_client(DomainAllowlist(APP, domains=["acme.com"])) as http:
         with pytest.raises(MiddlewareOrderError, match="add DomainAllowlist before"):
             await http.post("/v1/chat")
 
