@@ -7,8 +7,9 @@ Every call has a deadline: an app that hangs fails its test instead of the run.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -199,6 +200,25 @@ async def lifespan(app: AnyASGIApp, *, scope: Scope | None = None) -> list[str]:
 
     await asyncio.wait_for(app(scope, inbox.get, send), DEADLINE)
     return sent
+
+
+@contextlib.asynccontextmanager
+async def running(app: AnyASGIApp) -> AsyncIterator[None]:
+    """The app between start-up and shutdown, as a server runs it (its layers warm up and close
+    their connections); the start-up and shutdown must complete."""
+    inbox: asyncio.Queue[Message] = asyncio.Queue()
+    outbox: asyncio.Queue[Message] = asyncio.Queue()
+    scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"}, "state": {}}
+    task = asyncio.ensure_future(app(scope, inbox.get, outbox.put))
+    await inbox.put({"type": "lifespan.startup"})
+    assert (await asyncio.wait_for(outbox.get(), DEADLINE))["type"] == "lifespan.startup.complete"
+    try:
+        yield
+    finally:
+        await inbox.put({"type": "lifespan.shutdown"})
+        answer = await asyncio.wait_for(outbox.get(), DEADLINE)
+        assert answer["type"] == "lifespan.shutdown.complete"
+        await asyncio.wait_for(task, DEADLINE)
 
 
 class Recorder:

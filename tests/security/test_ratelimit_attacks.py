@@ -53,9 +53,9 @@ async def test_forged_tokens_naming_the_victim_never_spend_the_victims_quota(
         ("alice", "alice/"),
         ("requests/jwt/x", "x"),
         ("ALICE", "alice"),
-        ("alice\u0000", "alice"),
+        ("alice\u200b", "alice"),  # a NUL is refused with the token (401) before any bucket
     ],
-    ids=["slash", "percent", "trailing-slash", "key-shaped", "case", "nul"],
+    ids=["slash", "percent", "trailing-slash", "key-shaped", "case", "zero-width"],
 )
 async def test_look_alike_subjects_have_buckets_of_their_own(
     rsa_issuer: LocalIssuer, first: str, second: str

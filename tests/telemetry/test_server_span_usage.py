@@ -7,14 +7,11 @@ span people actually export carries it, for JSON and streamed (SSE) responses, o
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-import httpx
 import pytest
 from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -25,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
+from _asgi import http_client, running
 from asgi_identity import identity_stack, telemetry
 from asgi_identity.credentials.tokens import JWTIssuer
 from asgi_identity.testing import LocalIssuer
@@ -74,22 +72,6 @@ def gateway(issuer: LocalIssuer, provider: TracerProvider, storage: str) -> Any:
     return OpenTelemetryMiddleware(app, tracer_provider=provider)
 
 
-@contextlib.asynccontextmanager
-async def lifespan(app: Any) -> AsyncIterator[None]:
-    """Start-up and shutdown as a server runs them (the limiter closes its Redis connections)."""
-    inbox: asyncio.Queue[dict[str, str]] = asyncio.Queue()
-    outbox: asyncio.Queue[dict[str, str]] = asyncio.Queue()
-    task = asyncio.ensure_future(app({"type": "lifespan", "state": {}}, inbox.get, outbox.put))
-    await inbox.put({"type": "lifespan.startup"})
-    assert (await asyncio.wait_for(outbox.get(), 10))["type"] == "lifespan.startup.complete"
-    try:
-        yield
-    finally:
-        await inbox.put({"type": "lifespan.shutdown"})
-        assert (await asyncio.wait_for(outbox.get(), 10))["type"] == "lifespan.shutdown.complete"
-        await asyncio.wait_for(task, 10)
-
-
 def server_span(exporter: InMemorySpanExporter) -> ReadableSpan:
     [span] = [s for s in exporter.get_finished_spans() if s.kind.name == "SERVER"]
     return span
@@ -108,11 +90,7 @@ async def test_the_server_span_carries_the_token_usage(
     exporter, provider = spans
     app = gateway(issuer, provider, storage)
     token = issuer.mint(sub="alice", aud="gateway")
-    transport = httpx.ASGITransport(app=app)
-    async with (
-        lifespan(app),
-        httpx.AsyncClient(transport=transport, base_url="http://gateway") as client,
-    ):
+    async with running(app), http_client(app) as client:
         response = await client.post(
             "/v1/chat/completions",
             json={"model": "m", "stream": stream, "max_tokens": 100},
