@@ -3,6 +3,7 @@ runs it, with the public key only; the report names the first bad line and why."
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import time
@@ -23,6 +24,7 @@ from _audit_support import (
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from asgi_identity.audit import AuditFile, key_id, verify_audit
+from asgi_identity.audit._chain import NotCanonical, parse_line
 
 CUT = (
     "and there is no closing digest (the file was cut, or its writer is still running or "
@@ -448,3 +450,48 @@ def test_a_line_nested_past_what_a_reader_takes_is_refused_not_crashed_on(
     assert [(p.line, p.reason) for p in report.problems] == [
         (3, "not a JSON line (cut, or edited)")
     ]
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        (b'{"x":1e400}', "not canonical: a number out of range"),
+        (
+            b'{"x":1E2}',
+            "not canonical: a value is written another way (re-escaped characters or numbers)",
+        ),
+        (
+            b'{"x":-0}',
+            "not canonical: a value is written another way (re-escaped characters or numbers)",
+        ),
+        (b'{"x":NaN}', "NaN is not a JSON number"),
+        (
+            b'{"x":"caf\xc3\xa9"}',
+            "not canonical: a byte outside ASCII (characters are written as \\u escapes)",
+        ),
+        (b"[1]", "not a JSON object"),
+    ],
+)
+def test_numbers_and_bytes_have_one_spelling(line: bytes, reason: str) -> None:
+    with pytest.raises(NotCanonical) as raised:
+        parse_line(line)
+    assert str(raised.value) == reason
+
+
+def test_a_forger_who_re_chains_every_line_is_caught_at_the_next_digest(tmp_path: Path) -> None:
+    _, public = key_files(tmp_path)
+    path = tmp_path / "audit.jsonl"
+    write_audit(path, 7)
+    lines = read_lines(path)
+    lines[2] = lines[2].replace(b'"outcome":"deny"', b'"outcome":"allow"')
+    for index in range(3, len(lines)):  # every later prev recomputed: only a signature stops it
+        line = json.loads(lines[index])
+        line["prev"] = hashlib.sha256(lines[index - 1].rstrip(b"\n")).hexdigest()
+        lines[index] = json.dumps(line, sort_keys=True, separators=(",", ":")).encode() + b"\n"
+    path.write_bytes(b"".join(lines))
+    result = run_cli("audit-verify", str(path), "--public-key", str(public))
+    assert (result.returncode, result.stderr) == (
+        1,
+        "audit.jsonl: line 5: digest 1: its signature does not hold (changed or forged)\n"
+        "tampered: 1 problem\n",
+    )
