@@ -3,7 +3,7 @@
 # Set before the imports below: telemetry reads it while the package is still importing.
 __version__ = "0.2.0.dev0"
 
-from asgi_identity.audit import configure_audit, shutdown_audit
+from asgi_identity.audit import configure_audit, shutdown_audit, verify_audit
 from asgi_identity.credentials.apikeys import (
     APIKey,
     APIKeyStore,
@@ -71,4 +71,5 @@ __all__ = [
     "identity_stack",
     "shutdown_audit",
     "stack_layers",
+    "verify_audit",
 ]

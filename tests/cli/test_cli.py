@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import subprocess
 import sys
@@ -17,7 +16,6 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
 from asgi_identity import APIKey
-from asgi_identity.audit import AuditFile
 from asgi_identity.cli import build_parser
 from asgi_identity.credentials.tokens import JWTIssuer, TokenVerifier
 from asgi_identity.testing import JWKSServer, LocalIssuer
@@ -337,50 +335,3 @@ def test_console_script_documents_the_exit_codes() -> None:
     )
     assert result.returncode == 0
     assert "Exit codes: 0 ok, 1 verification failed" in " ".join(result.stdout.split())
-
-
-def _audit_file(path: Path, key: str, records: int) -> str:
-    audit = AuditFile(path, key)
-    for number in range(records):
-        audit.append({"user": f"user-{number}", "outcome": "allow"})
-    audit.close()
-    return audit.last_mac
-
-
-def test_audit_verify_says_intact_or_names_the_first_altered_record(tmp_path: Path) -> None:
-    key = "an audit key of enough length!!!"
-    path = tmp_path / "audit.jsonl"
-    last_mac = _audit_file(path, key, 3)
-    env = {**os.environ, "AUDIT_KEY": key}
-
-    intact = run_env(
-        env, "audit-verify", str(path), "--key-env", "AUDIT_KEY", "--last-mac", last_mac
-    )
-    assert intact.returncode == 0, intact.stderr
-    assert intact.stdout.startswith("intact: 3 records")
-
-    lines = path.read_text().splitlines()
-    cut = tmp_path / "cut.jsonl"
-    cut.write_text("\n".join(lines[:2]) + "\n")
-    truncated = run_env(
-        env, "audit-verify", str(cut), "--key-env", "AUDIT_KEY", "--last-mac", last_mac
-    )
-    assert truncated.returncode == 1
-    assert "records were cut from the end" in truncated.stderr
-
-    lines[1] = lines[1].replace("user-1", "user-9")
-    path.write_text("\n".join(lines) + "\n")
-    altered = run_env(env, "audit-verify", str(path), "--key-env", "AUDIT_KEY")
-    assert altered.returncode == 1
-    assert "tampered: line 2: record 2 was changed" in altered.stderr
-
-
-def test_audit_verify_without_the_key_or_the_file_is_refused(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k != "NO_SUCH_KEY"}
-    no_key = run_env(env, "audit-verify", str(tmp_path / "a.jsonl"), "--key-env", "NO_SUCH_KEY")
-    assert no_key.returncode == 2
-    assert "NO_SUCH_KEY is not set" in no_key.stderr
-    env["K"] = "x" * 32
-    no_file = run_env(env, "audit-verify", str(tmp_path / "missing.jsonl"), "--key-env", "K")
-    assert no_file.returncode == 3
-    assert "cannot read" in no_file.stderr

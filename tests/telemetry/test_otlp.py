@@ -236,7 +236,13 @@ async def test_spans_metrics_and_audit_logs_arrive_keyed_by_user(
         ("UserRateLimit", "deny"): 1,
         ("DomainAllowlist", "deny"): 1,
         ("IdentityMiddleware", "deny"): 1,
+        ("UserRateLimit", "usage"): 2,  # the two completions' tokens
     }
+    usage = [log.body for log in logs if log.body["outcome"] == "usage"]
+    assert sorted((u["input_tokens"], u["output_tokens"], u["model"]) for u in usage) == [
+        (12, 30, "gpt"),
+        (12, 30, "gpt"),
+    ]
     deny = next(log for log in logs if log.body["layer"] == "DomainAllowlist")
     assert deny.event_name == "asgi_identity.audit"
     assert deny.attributes["user.id"] == "mallory"

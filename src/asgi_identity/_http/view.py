@@ -121,6 +121,12 @@ class RequestView:
         return None
 
     @property
+    def model(self) -> str | None:
+        """The `model` the body (a WebSocket's query) names, once a layer has read it."""
+        fields = self._fields
+        return fields.model if isinstance(fields, BodyFields) else None
+
+    @property
     def responder(self) -> Responder:
         responder = self._responder
         if responder is None:

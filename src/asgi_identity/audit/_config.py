@@ -5,127 +5,43 @@ from __future__ import annotations
 import atexit
 import json
 import logging
+import os
 import threading
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
 
-from asgi_identity.audit._chain import file_key
 from asgi_identity.audit._file import AuditFile
-from asgi_identity.audit._otel import (
-    AUDIT_LOGGER_NAME,
-    NO_GLOBAL,
-    emit_otel,
-    logs_globals,
-    otel_logger,
-    records,
-)
-from asgi_identity.audit._records import build_record, identity_fields, shared_record
+from asgi_identity.audit._keys import SigningKeySource, load_signing_key
+from asgi_identity.audit._otel import emit_otel, logs_globals
+from asgi_identity.audit._records import build_record, shared_record
+from asgi_identity.audit._sinks import Emit, Sinks, logger
 from asgi_identity.types import Scope
 
 if TYPE_CHECKING:
     from asgi_identity.identity import Identity
 
 Outcome = Literal["allow", "deny", "observe"]
-Emit = Literal["otel", "logging", "none"]
 
 _OUTCOMES: Final = frozenset({"allow", "deny", "observe"})
 _EMITS: Final = frozenset({"otel", "logging", "none"})
-_MAX_IDENTITIES: Final = 4096
-_UNCHECKED: Final = object()
-
-logger = logging.getLogger(AUDIT_LOGGER_NAME)
 
 
-class _Audit:
-    __slots__ = (
-        "_checked_provider",
-        "_explicit_provider",
-        "_identity_fields",
-        "_idle_while",
-        "_logs_live",
-        "emit",
-        "file",
-        "otel_logger",
-        "policy_version",
-        "record_allowed",
-    )
-
-    def __init__(
-        self,
-        *,
-        emit: Emit = "otel",
-        file: AuditFile | None = None,
-        logger_provider: Any = None,
-        policy_version: str | None = None,
-        record_allowed: bool = True,
-    ) -> None:
-        self.emit = emit
-        self.file = file
-        self.policy_version = policy_version
-        self.record_allowed = record_allowed
-        self.otel_logger: Any = otel_logger(logger_provider) if emit == "otel" else None
-        self._explicit_provider = logger_provider is not None
-        # The global provider last looked at and whether it records; a different one is
-        # looked at again, so an SDK installed after start-up is honoured.
-        self._checked_provider: Any = _UNCHECKED
-        self._logs_live = False
-        # The global logger provider under which there is nothing to record (no file, no
-        # logger provider given, emit="otel"), once seen; _UNCHECKED never matches.
-        self._idle_while: Any = _UNCHECKED
-        self._identity_fields: dict[int, tuple[Identity, dict[str, Any]]] = {}
-
-    def active(self) -> bool:
-        if self.file is not None:
-            return True
-        if self.emit == "logging":
-            return logger.isEnabledFor(logging.INFO)
-        if self.emit == "otel" and self.otel_logger is not None:
-            return self.logs_live()
-        return False
-
-    def logs_live(self) -> bool:
-        if self._explicit_provider:
-            return True
-        # The API's global, read directly: get_logger_provider() reads the environment on every
-        # call until a provider is set. One identity check per request while it stays the same.
-        provider = logs_globals._LOGGER_PROVIDER
-        if provider is NO_GLOBAL:  # pragma: no cover - a future API without the private global
-            return records(provider)
-        if provider is self._checked_provider:
-            return self._logs_live
-        live = records(provider)
-        self._logs_live = live
-        self._checked_provider = provider
-        if not live and self.file is None:
-            self._idle_while = provider
-        return live
-
-    def identity_fields(self, identity: Identity) -> dict[str, Any]:
-        # Identities of repeated tokens and keys are the same objects: read each one once.
-        found = self._identity_fields.get(id(identity))
-        if found is not None and found[0] is identity:
-            return found[1]
-        fields = identity_fields(identity)
-        if len(self._identity_fields) >= _MAX_IDENTITIES:
-            self._identity_fields.clear()
-        # The entry holds the identity, so its id cannot be reused while it is cached.
-        self._identity_fields[id(identity)] = (identity, fields)
-        return fields
-
-
-_audit = _Audit()
+_audit = Sinks()
 _configure_lock = threading.Lock()
 
 
 def configure_audit(
     *,
-    path: str | Path | None = None,
-    key: bytes | str | None = None,
+    path: str | os.PathLike[str] | None = None,
+    signing_key: SigningKeySource | None = None,
     emit: Emit = "otel",
     policy_version: str | None = None,
     record_allowed: bool = True,
     logger_provider: Any = None,
+    digest_every: int = 1000,
+    digest_seconds: float = 60.0,
+    rotate_bytes: int | None = None,
+    rotate_seconds: float | None = None,
     fsync: bool = False,
 ) -> AuditFile | None:
     """Set where audit records go. Call once at start-up; returns the file writer, if any.
@@ -133,18 +49,18 @@ def configure_audit(
     - `emit`: "otel" (an OpenTelemetry log record per decision, through the global or the given
       `logger_provider`), "logging" (the stdlib logger `asgi_identity.audit`, at INFO), or
       "none" (the file only).
-    - `path` and `key`: also append every record to this tamper-evident JSON Lines file.
+    - `path` and `signing_key`: also append every record to this chained JSON Lines file, with
+      digests signed by this Ed25519 key (see `AuditFile` for the other options).
     - `policy_version`: written into every record, to tell which rules decided.
     - `record_allowed`: False keeps only refusals (and observe-mode would-be refusals).
     """
     if emit not in _EMITS:
         raise ValueError(f"configure_audit: emit must be 'otel', 'logging' or 'none', not {emit!r}")
-    if (path is None) != (key is None):
-        raise ValueError("configure_audit: an audit file needs both path and key")
+    if (path is None) != (signing_key is None):
+        raise ValueError("configure_audit: an audit file needs both path and signing_key")
     if policy_version is not None and not isinstance(policy_version, str):
         raise TypeError("configure_audit: policy_version must be a string")
-    if key is not None:
-        file_key(key)  # a bad key fails here, before the file in use is closed
+    key = None if signing_key is None else load_signing_key(signing_key, "configure_audit")
     global _audit
     with _configure_lock:
         old = _audit
@@ -155,14 +71,22 @@ def configure_audit(
             "record_allowed": record_allowed,
         }
         # The old file is written out and closed before a file is opened: it may be the same
-        # path, and two writers on one file would interleave their chains.
-        _audit = _Audit(**settings)
+        # path, and the new writer's genesis continues from where the old one ended.
+        _audit = Sinks(**settings)
         if old.file is not None:
             old.file.close()
         if path is None or key is None:
             return None
-        file = AuditFile(path, key, fsync=fsync)
-        _audit = _Audit(file=file, **settings)
+        file = AuditFile(
+            path,
+            key,
+            digest_every=digest_every,
+            digest_seconds=digest_seconds,
+            rotate_bytes=rotate_bytes,
+            rotate_seconds=rotate_seconds,
+            fsync=fsync,
+        )
+        _audit = Sinks(file=file, **settings)
     return file
 
 
@@ -171,7 +95,7 @@ def shutdown_audit() -> None:
     global _audit
     with _configure_lock:
         old = _audit
-        _audit = _Audit()
+        _audit = Sinks()
     if old.file is not None:
         old.file.close()
 
@@ -187,21 +111,60 @@ def record_decision(
     identity: Identity | None = None,
     *,
     detail: str | None = None,
+    tool: str | None = None,
 ) -> None:
     """Record one decision: `outcome` is "allow", "deny" or "observe", `reason` the error code.
 
     The layers' events (`asgi_identity.telemetry.events`) record every refusal, observed
-    refusal and authentication; call it yourself only for decisions of your own.
+    refusal and authentication; call it yourself only for decisions of your own. `tool` names
+    the MCP tool the decision was about.
     """
     if outcome not in _OUTCOMES:
         raise ValueError(
             f"record_decision: outcome must be allow, deny or observe, not {outcome!r}"
         )
+    _record(scope, layer, outcome, reason, identity, detail=detail, tool=tool)
+
+
+def record_usage(
+    scope: Scope | None,
+    layer: str,
+    identity: Identity,
+    input_tokens: int,
+    output_tokens: int,
+    *,
+    cost: float | None = None,
+) -> None:
+    """Record the LLM tokens (and, later, the cost) one request used: outcome "usage".
+
+    Written like an allowed decision (not with `record_allowed=False`). `scope` is the request's,
+    for its route, model and conversation; None for usage charged outside a request.
+    """
+    _record(
+        {} if scope is None else scope,
+        layer,
+        "usage",
+        None,
+        identity,
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        cost=cost,
+    )
+
+
+def _record(
+    scope: Scope,
+    layer: str,
+    outcome: str,
+    reason: str | None,
+    identity: Identity | None,
+    **extra: Any,
+) -> None:
     state = _audit
     # Nothing configured and no logs SDK: one identity check against the API's global.
     if state._idle_while is logs_globals._LOGGER_PROVIDER:
         return
-    if outcome == "allow" and not state.record_allowed:
+    if outcome != "deny" and outcome != "observe" and not state.record_allowed:
         return
     if not state.active():
         return
@@ -212,10 +175,10 @@ def record_decision(
         outcome,
         reason,
         identity,
-        detail=detail,
         policy_version=state.policy_version,
         now=now_ns / 1e9,
         fields=None if identity is None else state.identity_fields(identity),
+        **extra,
     )
     if state.file is not None:
         state.file.append(record)
@@ -230,3 +193,12 @@ def record_decision(
             json.dumps(shared, separators=(",", ":"), ensure_ascii=False),
             extra={"audit": shared},
         )
+
+
+def _reset_after_fork() -> None:
+    # A fork while another thread held the lock would leave the child's copy held forever.
+    global _configure_lock
+    _configure_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)

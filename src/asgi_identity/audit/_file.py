@@ -1,79 +1,115 @@
-"""AuditFile: records appended to a JSON Lines file, chained, by one writer thread per file."""
+"""AuditFile: records queued by the request path, written by one thread per process.
+
+Fork-safe: a process forked after the file was opened (gunicorn's or multiprocessing's workers)
+does not write into its parent's file, which would interleave two chains, and does not lose its
+records either: on its first record it opens a file of its own with its own genesis.
+"""
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import threading
+import time
+import weakref
 from collections import deque
 from pathlib import Path
 from typing import Any
 
-from asgi_identity.audit._chain import canonical, file_key, mac
-from asgi_identity.audit._verify import verify_audit_file
-
-try:
-    import fcntl
-
-    _CAN_LOCK = True
-except ImportError:  # pragma: no cover - not POSIX: no lock against a second writer
-    _CAN_LOCK = False
+from asgi_identity.audit._keys import SigningKeySource, load_signing_key
+from asgi_identity.audit._writer import ChainWriter, DigestPolicy
 
 _internal_logger = logging.getLogger("asgi_identity")
 
+_open_files: weakref.WeakSet[AuditFile] = weakref.WeakSet()
+
 
 class AuditFile:
-    """Appends records to a JSON Lines file, each chained to the one before by HMAC-SHA256.
+    """Appends records to a chained JSON Lines file, signing a digest every so often.
 
-    `append()` only queues the record: a writer thread serializes, signs and writes, so the
-    event loop never waits on the disk. An existing file is continued where its chain ends.
+    `path` may hold `{pid}` (one file per process, e.g. `audit-{pid}.jsonl`); a process forked
+    later writes to the path for its own pid, or `<name>-<pid><suffix>` without `{pid}`.
+    `append()` only queues the record: the event loop never waits on the disk.
     """
 
     def __init__(
         self,
-        path: str | Path,
-        key: bytes | str,
+        path: str | os.PathLike[str],
+        signing_key: SigningKeySource,
         *,
+        digest_every: int = 1000,
+        digest_seconds: float = 60.0,
+        rotate_bytes: int | None = None,
+        rotate_seconds: float | None = None,
         fsync: bool = False,
         max_pending: int = 100_000,
     ) -> None:
-        key = file_key(key)
         if max_pending < 1:
             raise ValueError("AuditFile: max_pending must be at least 1")
-        self.path = Path(path)
-        self._key = key
+        if digest_every < 1:
+            raise ValueError("AuditFile: digest_every must be at least 1")
+        if not digest_seconds > 0:
+            raise ValueError("AuditFile: digest_seconds must be more than 0")
+        if rotate_bytes is not None and rotate_bytes < 1:
+            raise ValueError("AuditFile: rotate_bytes must be at least 1")
+        if rotate_seconds is not None and not rotate_seconds > 0:
+            raise ValueError("AuditFile: rotate_seconds must be more than 0")
+        self._key = load_signing_key(signing_key, "AuditFile")
+        self._template = os.fspath(path)
+        self._policy = DigestPolicy(digest_every, digest_seconds, rotate_bytes, rotate_seconds)
         self._fsync = fsync
         self._max_pending = max_pending
-        # Unbuffered: after a failed write nothing is left in a buffer to reach the disk later.
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
-        try:
-            _lock(self._fd, self.path)
-            self._previous, self._seq = _chain_end(self.path, key)
-        except BaseException:
-            os.close(self._fd)
-            raise
+        self._reset()
+        # Opened here, genesis written: a path that cannot be written fails at start-up.
+        self._chain: ChainWriter | None = ChainWriter(
+            _path_for(self._template, os.getpid(), forked=False),
+            self._key,
+            self._policy,
+            fsync=fsync,
+        )
+        self._start()
+
+    def _reset(self) -> None:
         self._queue: deque[dict[str, Any]] = deque()
         self._cond = threading.Condition()
         self._pending = 0
         self._closing = False
+        self._thread: threading.Thread | None = None
         self.dropped = 0
-        self._thread = threading.Thread(
-            target=self._run, name=f"asgi-identity-audit:{self.path.name}", daemon=True
-        )
+
+    def _start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="asgi-identity-audit", daemon=True)
         self._thread.start()
+        _open_files.add(self)
+
+    @property
+    def path(self) -> Path:
+        """The file this process writes now."""
+        chain = self._chain
+        return chain.path if chain is not None else Path(self._template)
+
+    @property
+    def writer(self) -> str | None:
+        """This process's writer id, as its genesis records name it."""
+        chain = self._chain
+        return chain.writer if chain is not None else None
 
     def append(self, record: dict[str, Any]) -> None:
-        """Queue `record` (a JSON-able dict, without `seq`/`mac`) to be signed and written."""
+        """Queue `record` (a JSON-able dict; `kind`, `seq`, `prev`, `sig` are the writer's)."""
         with self._cond:
             if self._closing:
-                raise RuntimeError(f"AuditFile {self.path} is closed")
+                raise RuntimeError(f"AuditFile {self._template} is closed")
+            if self._thread is None:
+                self._start()  # the first record of a forked process: its own file
             if self._pending >= self._max_pending:
                 # The disk cannot keep up: losing a record is bad, stalling every request worse.
+                # The loss is counted in the next signed digest.
                 self.dropped += 1
                 if self.dropped == 1 or self.dropped % 10_000 == 0:
                     _internal_logger.error(
                         "audit file %s is not keeping up: %d records dropped",
-                        self.path,
+                        self._template,
                         self.dropped,
                     )
                 return
@@ -87,15 +123,20 @@ class AuditFile:
             return self._cond.wait_for(lambda: self._pending == 0, timeout)
 
     def close(self, timeout: float | None = 10.0) -> None:
+        """Write what is queued and the closing digest, and let go of the file."""
         with self._cond:
             if self._closing:
                 return
             self._closing = True
             self._cond.notify_all()
-        # The writer closes the file once the queue is written: a writer still busy after
-        # `timeout` keeps it (and its lock) rather than being cut off mid-record.
-        self._thread.join(timeout)
-        if self._thread.is_alive():
+            thread = self._thread
+        _open_files.discard(self)
+        if thread is None:
+            return
+        # A writer still busy after `timeout` keeps the file (and its lock) rather than being
+        # cut off mid-record; it writes the closing digest when done.
+        thread.join(timeout)
+        if thread.is_alive():
             _internal_logger.warning(
                 "audit file %s: still writing %d queued records after %ss",
                 self.path,
@@ -103,100 +144,112 @@ class AuditFile:
                 timeout,
             )
 
-    @property
-    def last_mac(self) -> str:
-        return self._previous
+    # -- the writer thread ---------------------------------------------------------------------
 
     def _run(self) -> None:
+        chain = self._chain
+        if chain is None:
+            try:
+                chain = self._chain = ChainWriter(
+                    _path_for(self._template, os.getpid(), forked=True),
+                    self._key,
+                    self._policy,
+                    fsync=self._fsync,
+                )
+            except Exception:
+                _internal_logger.exception(
+                    "audit file %s: this process cannot open its own file; its records are lost",
+                    self._template,
+                )
+                with self._cond:
+                    self._closing = True
+                    self.dropped += self._pending
+                    self._pending = 0
+                    self._queue.clear()
+                    self._cond.notify_all()
+                return
         try:
-            self._drain()
+            self._drain(chain)
         finally:
-            os.close(self._fd)  # also lets go of the lock
+            try:
+                chain.close()
+            except Exception:
+                _internal_logger.exception("audit file %s: no closing digest", chain.path)
 
-    def _drain(self) -> None:
+    def _drain(self, chain: ChainWriter) -> None:
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: bool(self._queue) or self._closing)
+                self._cond.wait_for(
+                    lambda: bool(self._queue) or self._closing, chain.due(time.monotonic())
+                )
                 batch = list(self._queue)
                 self._queue.clear()
-                if not batch and self._closing:
-                    return
+                closing = self._closing
+                chain.dropped = self.dropped
             try:
-                self._write(batch)
+                if batch:
+                    chain.write(batch)
+                chain.tick(time.monotonic())
             except Exception:  # the writer must outlive a bad record or a full disk
-                _internal_logger.exception("audit file %s: could not write records", self.path)
+                _internal_logger.exception("audit file %s: could not write records", chain.path)
             finally:
                 with self._cond:
                     self._pending -= len(batch)
                     self._cond.notify_all()
+            if closing and not batch:
+                return
 
-    def _write(self, batch: list[dict[str, Any]]) -> None:
-        # Signed into locals: the chain end moves only once the records are on disk, so a
-        # record that cannot be encoded or a failed write never leaves a gap in the chain.
-        seq, previous = self._seq, self._previous
-        lines = []
-        for record in batch:
-            signed = dict(record)
-            signed["seq"] = seq + 1
-            try:
-                encoded = canonical(signed)
-            except (TypeError, ValueError) as exc:
-                _internal_logger.error(
-                    "audit file %s: a record could not be written (not JSON): %s", self.path, exc
-                )
-                continue
-            seq += 1
-            previous = mac(self._key, previous, encoded)
-            signed["mac"] = previous
-            lines.append(canonical(signed) + b"\n")
-        if not lines:
-            return
-        end = os.fstat(self._fd).st_size
-        try:
-            self._write_all(b"".join(lines))
-            if self._fsync:
-                os.fsync(self._fd)
-        except OSError as exc:
-            # Cut what reached the disk, so the file still ends at the last committed record.
-            try:
-                os.ftruncate(self._fd, end)
-            except OSError:
-                _internal_logger.exception(
-                    "audit file %s: could not cut a partial write", self.path
-                )
-            _internal_logger.error(
-                "audit file %s: %d records could not be written: %s", self.path, len(lines), exc
-            )
-            return
-        self._seq, self._previous = seq, previous
-
-    def _write_all(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self._fd, view) :]
+    def _after_fork_in_child(self) -> None:
+        # The parent's thread does not exist here and its locks may be held by it: start over.
+        # Records the parent had queued are the parent's, and its own thread writes them.
+        closing = self._closing
+        chain, self._chain = self._chain, None
+        self._reset()
+        self._closing = closing
+        if chain is not None:
+            chain.abandon()  # the parent's file: closed here without a byte written
+        if not closing:
+            _open_files.add(self)
 
 
-def _lock(fd: int, path: Path) -> None:
-    """Hold an exclusive lock on the open file: two writers would interleave their chains."""
-    if not _CAN_LOCK:  # pragma: no cover - not POSIX
-        return
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        raise RuntimeError(
-            f"audit file {path} is in use by another writer (another process, or an AuditFile "
-            "not yet closed): use one audit file per process, e.g. with the pid in its name"
-        ) from None
+def _path_for(template: str, pid: int, *, forked: bool) -> Path:
+    if "{pid}" in template:
+        return Path(template.replace("{pid}", str(pid)))
+    path = Path(template)
+    if not forked:
+        return path
+    return path.with_name(f"{path.stem}-{pid}{path.suffix}")
 
 
-def _chain_end(path: Path, key: bytes) -> tuple[str, int]:
-    """The MAC and sequence number the next record continues from (empty file: "", 0)."""
-    if not path.exists() or path.stat().st_size == 0:
-        return "", 0
-    result = verify_audit_file(path, key)
-    if not result.ok:
-        raise ValueError(
-            f"audit file {path} does not verify ({result.reason} at line {result.line}); "
-            "move it aside before appending, and keep it as evidence"
-        )
-    return result.last_mac or "", result.records
+def close_all() -> None:
+    """Close every open AuditFile of this process (at exit, also in multiprocessing children)."""
+    for file in list(_open_files):
+        file.close()
+
+
+def _in_child() -> None:
+    for file in list(_open_files):
+        file._after_fork_in_child()
+
+
+def _finalize_in_multiprocessing_child(_: object) -> None:
+    # A process forked by multiprocessing ends with os._exit(): atexit never runs there, but
+    # its finalizers do. Registered in each child, as _bootstrap() clears the parent's.
+    from multiprocessing import util
+
+    util.Finalize(None, close_all, exitpriority=10)
+
+
+class _Anchor:
+    pass
+
+
+_ANCHOR = _Anchor()
+os.register_at_fork(after_in_child=_in_child)
+atexit.register(close_all)
+try:
+    from multiprocessing import util as _mp_util
+
+    _mp_util.register_after_fork(_ANCHOR, _finalize_in_multiprocessing_child)
+except ImportError:  # pragma: no cover - a platform without multiprocessing
+    pass

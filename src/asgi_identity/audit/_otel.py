@@ -70,6 +70,8 @@ def emit_otel(otel_logger: Any, record: dict[str, Any], now_ns: int) -> None:
     }
     if "reason" in record:
         attributes["error.type"] = record["reason"]
+    if "model" in record:
+        attributes["gen_ai.request.model"] = record["model"]
     if "user_id" in record:
         attributes["user.id"] = record["user_id"]
     elif "user_hash" in record:

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 _last_second: tuple[int, str] = (-1, "")
 
 
-def _timestamp(now: float) -> str:
+def timestamp(now: float) -> str:
     global _last_second
     seconds, micros = divmod(round(now * 1_000_000), 1_000_000)
     cached_second, prefix = _last_second
@@ -59,13 +59,17 @@ def build_record(
     policy_version: str | None = None,
     now: float | None = None,
     fields: Mapping[str, Any] | None = None,
+    tool: str | None = None,
+    input_tokens: int | None = None,
+    output_tokens: int | None = None,
+    cost: float | None = None,
 ) -> dict[str, Any]:
     """The audit record of one decision, as a JSON-able dict (None fields left out).
 
     `fields`: `identity`'s part of the record when the caller has it cached already.
     """
     record: dict[str, Any] = {
-        "time": _timestamp(time.time() if now is None else now),
+        "time": timestamp(time.time() if now is None else now),
         "outcome": outcome,
         "layer": layer,
     }
@@ -73,17 +77,35 @@ def build_record(
         record["reason"] = reason
     if detail is not None:
         record["detail"] = detail
+    view: RequestView | None = scope.get(VIEW_KEY)
     if identity is not None:
         record.update(identity_fields(identity) if fields is None else fields)
-    else:
+    elif view is not None:
         # Refused before an identity existed: the conversation is still the request's own.
-        view: RequestView | None = scope.get(VIEW_KEY)
-        conversation = view.conversation_id if view is not None else None
+        conversation = view.conversation_id
         if conversation is not None:
             record["conversation_id"] = conversation
+    if view is not None:
+        model = view.model  # known once a layer has read the body (or a WebSocket's query)
+        if model is not None:
+            record["model"] = model
+    if tool is not None:
+        record["tool"] = tool
+    if input_tokens is not None:
+        record["input_tokens"] = input_tokens
+    if output_tokens is not None:
+        record["output_tokens"] = output_tokens
+    if cost is not None:
+        record["cost"] = cost
+    # Usage charged outside a request has no scope of its own: no route then.
     method = scope.get("method")
-    record["method"] = method if method is not None else "WEBSOCKET"
-    record["path"] = scope.get("path", "")
+    if method is not None:
+        record["method"] = method
+    elif scope.get("type") == "websocket":
+        record["method"] = "WEBSOCKET"
+    path = scope.get("path")
+    if path is not None:
+        record["path"] = path
     client = scope.get("client")
     if client:
         record["client_address"] = client[0]
@@ -100,7 +122,7 @@ def shared_record(record: dict[str, Any]) -> dict[str, Any]:
     """The record as log pipelines get it: the person shown as `configure_telemetry()` says.
 
     Pseudonymous telemetry turns `user_id` into `user_hash`; `email` stays unless telemetry
-    records email. Only the HMAC-chained file, read with the audit key, keeps both.
+    records email. Only the audit file keeps both: protect it like the records it holds.
     """
     if "user_id" not in record and "email" not in record:
         return record

@@ -7,12 +7,13 @@ Exit codes (also in docs/cli.md): 0 success, 1 the token or audit file failed ve
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import TextIO
 
 from asgi_identity import __version__
-from asgi_identity.cli._audit import cmd_audit_verify
+from asgi_identity.cli._audit import add_audit_commands
 from asgi_identity.cli._common import (
     EXIT_INVALID,
     EXIT_OK,
@@ -97,22 +98,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     verify.set_defaults(handler=cmd_verify)
 
-    audit = commands.add_parser("audit-verify", help="check a tamper-evident audit file")
-    audit.add_argument("file")
-    audit.add_argument(
-        "--key-env", required=True, metavar="VAR", help="environment variable holding the key"
-    )
-    audit.add_argument(
-        "--last-mac",
-        help="the last record's mac, kept elsewhere: detects records cut from the end",
-    )
-    audit.set_defaults(handler=cmd_audit_verify)
+    add_audit_commands(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        parser.error(_unrecognized(unknown))
     if getattr(args, "audience", None) is None and args.command == "mint":
         args.audience = ["gateway"]
     handler: Callable[[argparse.Namespace, TextIO], int] = args.handler
@@ -123,3 +117,18 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+
+
+_OPTION = re.compile(r"--?[A-Za-z][A-Za-z0-9-]{0,40}")
+
+
+def _unrecognized(arguments: list[str]) -> str:
+    # argparse would print them all: `audit-verify --key SECRET` must not show the secret.
+    names = [
+        name
+        for name in (argument.split("=", 1)[0] for argument in arguments)
+        if _OPTION.fullmatch(name)
+    ]
+    hidden = len(arguments) - len(names)
+    shown = " ".join([*names, f"({hidden} more not shown)"] if hidden else names)
+    return f"unrecognized arguments: {shown}"
