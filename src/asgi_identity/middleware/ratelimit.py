@@ -20,7 +20,7 @@ from asgi_identity.quotas._plan import Planner
 from asgi_identity.quotas._readers import WindowUsage, read_usage
 from asgi_identity.quotas._storage import open_quotas
 from asgi_identity.quotas._windows import LimitSpec, Windows
-from asgi_identity.quotas.usage import TokenUsage
+from asgi_identity.quotas.usage import MAX_TOKENS, TokenUsage
 from asgi_identity.telemetry import events
 from asgi_identity.types import (
     AnyASGIApp,
@@ -249,8 +249,8 @@ class UserRateLimit:
         of the response's `usage`, or an Identity to charge directly (e.g. from a background job).
         """
         used = TokenUsage(int(input_tokens), int(output_tokens))
-        if used.input_tokens < 0 or used.output_tokens < 0:
-            raise ValueError("report_usage: token counts must be >= 0")
+        if not (0 <= used.input_tokens <= MAX_TOKENS and 0 <= used.output_tokens <= MAX_TOKENS):
+            raise ValueError(f"report_usage: token counts must be >= 0 and <= {MAX_TOKENS}")
         scope: Scope | None = None
         if isinstance(who, Identity):
             identity = who

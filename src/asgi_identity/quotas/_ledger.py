@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from asgi_identity.identity import Identity
 from asgi_identity.quotas._windows import Window
-from asgi_identity.quotas.usage import TokenUsage, UsageReader, reader_for
+from asgi_identity.quotas.usage import MAX_TOKENS, TokenUsage, UsageReader, reader_for
 from asgi_identity.telemetry import events
 from asgi_identity.types import Message, Scope
 
@@ -61,9 +61,10 @@ class Reservation:
         making several LLM calls in one request reports each)."""
         earlier = self.reported
         if earlier is not None:
+            # Bounded like every count: the sum is stored, and a counter has 64 bits.
             used = TokenUsage(
-                earlier.input_tokens + used.input_tokens,
-                earlier.output_tokens + used.output_tokens,
+                min(MAX_TOKENS, earlier.input_tokens + used.input_tokens),
+                min(MAX_TOKENS, earlier.output_tokens + used.output_tokens),
             )
         self.reported = used
 

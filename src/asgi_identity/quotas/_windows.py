@@ -11,6 +11,7 @@ from urllib.parse import quote
 from limits import RateLimitItem, parse_many
 
 from asgi_identity.identity import Identity
+from asgi_identity.quotas.usage import MAX_TOKENS
 
 #: Spelled in a limit string (or an API key's override) for "no limit at all".
 UNLIMITED = "unlimited"
@@ -95,6 +96,13 @@ def parse_limit(spec: LimitSpec, kind: str, where: str) -> Windows:
     for window in windows:
         if window.amount <= 0:
             raise ValueError(f"UserRateLimit: {where} {spec!r} has a window of zero")
+        if window.amount > MAX_TOKENS:
+            # Counters are 64-bit on Redis: a quota this large could be overrun into a value
+            # the storage rejects. Above it, say "unlimited".
+            raise ValueError(
+                f"UserRateLimit: {where} {spec!r} is above {MAX_TOKENS} a window; "
+                "use 'unlimited' (or None) for no limit"
+            )
     return tuple(windows)
 
 

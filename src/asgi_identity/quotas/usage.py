@@ -13,7 +13,8 @@ from collections.abc import Callable, Mapping
 from functools import lru_cache
 from typing import Any, NamedTuple
 
-#: Counts above this are not believable token counts (and keep arithmetic on them exact).
+#: Counts above this are not believable token counts: a response's are ignored, a report's
+#: refused, and no counter is ever asked to hold more (Redis counters stop at 2**63).
 MAX_TOKENS = 2**40
 
 #: Bytes of a JSON body kept to find `usage` in (usage is at the end of every supported shape).
@@ -42,10 +43,34 @@ def _count(value: Any) -> int | None:
     return None
 
 
+_COUNT_FIELDS = (
+    "prompt_tokens",
+    "completion_tokens",
+    "input_tokens",
+    "output_tokens",
+    "cache_creation_input_tokens",
+    "cache_read_input_tokens",
+)
+
+
+def _absurd(value: Any) -> bool:
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and not (0 <= value <= MAX_TOKENS)
+    )
+
+
 def _counts(usage: Any) -> tuple[int | None, int | None]:
-    """(input, output) from one `usage` object of any supported shape; None where absent."""
+    """(input, output) from one `usage` object of any supported shape; None where absent.
+
+    An object with any count out of range is ignored whole (the request keeps its reservation):
+    taking its other counts alone would charge less than was used.
+    """
     # Parsed JSON objects are dicts: the exact type check spares the ABC check.
     if type(usage) is not dict and not isinstance(usage, Mapping):
+        return None, None
+    if any(_absurd(usage.get(name)) for name in _COUNT_FIELDS):
         return None, None
     # OpenAI chat completions: prompt/completion; responses API and Anthropic: input/output.
     input_tokens = _count(usage.get("prompt_tokens"))
@@ -56,6 +81,7 @@ def _counts(usage: Any) -> tuple[int | None, int | None]:
             # still tokens the provider processed and bills.
             for extra in ("cache_creation_input_tokens", "cache_read_input_tokens"):
                 input_tokens += _count(usage.get(extra)) or 0
+            input_tokens = min(input_tokens, MAX_TOKENS)
     output_tokens = _count(usage.get("completion_tokens"))
     if output_tokens is None:
         output_tokens = _count(usage.get("output_tokens"))
