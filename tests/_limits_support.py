@@ -15,9 +15,11 @@ from asgi_identity.types import ASGIApp, Message
 BACKEND_KEY = "sk-ai-limits-backend"
 
 
-def full_stack(app: Any, issuer: LocalIssuer, **rate_limit: Any) -> ASGIApp:
+def full_stack(
+    app: Any, issuer: LocalIssuer, *, policy: dict[str, Any] | None = None, **rate_limit: Any
+) -> ASGIApp:
     """`app` behind identity_stack: JWTs from `issuer`, a backend key that may assert
-    `X-User-Email`, and UserRateLimit with `rate_limit`."""
+    `X-User-Email`, RoutePolicy with `policy` if given, and UserRateLimit with `rate_limit`."""
     return identity_stack(
         app,
         identity={
@@ -26,6 +28,7 @@ def full_stack(app: Any, issuer: LocalIssuer, **rate_limit: Any) -> ASGIApp:
                 APIKey(id="backend", sha256=hash_api_key(BACKEND_KEY), header_identity=True)
             ],
         },
+        policy=policy,
         rate_limit=rate_limit,
     )
 

@@ -19,6 +19,7 @@ from asgi_identity.quotas._ledger import Reservation, UsageMeter
 from asgi_identity.quotas._plan import Planner
 from asgi_identity.quotas._readers import WindowUsage, read_usage
 from asgi_identity.quotas._storage import open_quotas
+from asgi_identity.quotas._stream_usage import ask_for_usage
 from asgi_identity.quotas._windows import LimitSpec, Windows
 from asgi_identity.quotas.usage import MAX_TOKENS, TokenUsage
 from asgi_identity.telemetry import events
@@ -65,6 +66,7 @@ class UserRateLimit:
         default_max_tokens: int = 4096,
         token_paths: Iterable[str] | None = None,
         max_body: int = DEFAULT_MAX_BODY,
+        ensure_stream_usage: bool = False,
         headers: bool = True,
         mode: Mode = "enforce",
         exclude_paths: Iterable[str] = (),
@@ -109,6 +111,7 @@ class UserRateLimit:
         self.anonymous = anonymous
         check_estimate_options(default_max_tokens, max_body)
         self.default_max_tokens, self.max_body = default_max_tokens, max_body
+        self.ensure_stream_usage = bool(ensure_stream_usage)
         self._unavailable = unavailable(self.storage_cooldown)
 
     @property
@@ -195,6 +198,8 @@ class UserRateLimit:
             await self.app(scope, receive, send)
             return
         # (e) Metered: the reservation is settled from the response's usage.
+        if self.ensure_stream_usage:
+            await ask_for_usage(view)
         await self._metered(view, receive, send, reservation)
 
     async def _estimate_tokens(

@@ -141,7 +141,8 @@ class AsyncQuotas:
                     reservation.resets = [now] * len(reservation.windows)
                     return decided((*states, refused), refused)
                 reservation.resets.append(reset)
-                states += ((window, window.amount - used, retry),)
+                # Its own reservation is not shown as spent: it is settled to what it uses.
+                states += ((window, window.amount - used + estimate, retry),)
         except Exception:
             # The storage failed half-way: the request goes on (or is refused) without a
             # reservation, so nothing may stay set aside in the windows already charged.

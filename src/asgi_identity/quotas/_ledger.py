@@ -118,9 +118,15 @@ class UsageMeter:
 
     def outcome(self) -> int:
         """The tokens to charge."""
-        found = self.found()
-        if found is not None:
+        reservation, reader = self._reservation, self._reader
+        if reservation.reported is not None:
+            return reservation.reported.total_tokens
+        if not self.status or self.status >= 400:
+            return 0  # refused or failed upstream: nothing was generated
+        found = None if reader is None else reader.result()
+        if found is not None and reader is not None and reader.final:
             return found.total_tokens
-        if self.status and self.status < 400:
-            return self._reservation.estimate  # no usage in the response: keep the estimate
-        return 0  # refused or failed upstream: nothing was generated
+        # No final usage: none in the response, or a stream cut before its last event (a
+        # client that hangs up, an upstream that fails). What may have been generated is the
+        # reservation; a count announced on the way is charged when it is more.
+        return max(reservation.estimate, 0 if found is None else found.total_tokens)

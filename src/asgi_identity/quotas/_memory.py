@@ -174,7 +174,8 @@ class MemoryQuotas:
                 reservation.resets = [now] * len(windows)
                 return decided((*states, refused), refused)
             resets.append(reset)
-            states += ((window, window.amount - used, retry),)
+            # Its own reservation is not shown as spent: it is settled to what it uses.
+            states += ((window, window.amount - used + estimate, retry),)
         reservation.estimate = estimate
         return decided(states)
 

@@ -212,6 +212,9 @@ class JSONUsageReader:
 
     __slots__ = ("_data", "_tail", "_truncated")
 
+    #: A body's usage is its last word: found at all, it is final.
+    final = True
+
     def __init__(self, tail: int = DEFAULT_JSON_TAIL) -> None:
         self._tail = tail
         self._data = bytearray()
@@ -250,11 +253,13 @@ class SSEUsageReader:
 
     Only the unfinished line and the current event's data are kept (each bounded by `max_event`).
     Counts seen in several events are merged, latest first: Anthropic sends input tokens in
-    `message_start` and the running output count in each `message_delta`; OpenAI sends usage in
-    the last chunk (chat, with `stream_options.include_usage`) or in `response.completed`.
+    `message_start` and the output count in `message_delta`; OpenAI sends usage in the last chunk
+    (chat, with `stream_options.include_usage`) or in `response.completed`. `final` says whether
+    the latest usage seen is the stream's last word, not a count announced on the way (Anthropic's
+    `message_start`, a chunk still carrying choices).
     """
 
-    __slots__ = ("_data", "_input", "_line", "_max", "_output", "_skipping")
+    __slots__ = ("_data", "_input", "_line", "_max", "_output", "_skipping", "final")
 
     def __init__(self, max_event: int = DEFAULT_MAX_EVENT) -> None:
         self._max = max_event
@@ -263,6 +268,7 @@ class SSEUsageReader:
         self._skipping = False  # inside an over-long line or event, dropped until it ends
         self._input: int | None = None
         self._output: int | None = None
+        self.final = False
 
     def feed(self, chunk: bytes) -> None:
         start = 0
@@ -313,11 +319,17 @@ class SSEUsageReader:
         self._data.clear()
         if b'"usage"' not in data:
             return
-        input_tokens, output_tokens = _counts(_usage_object(_loads(data)))
+        document = _loads(data)
+        input_tokens, output_tokens = _counts(_usage_object(document))
+        if input_tokens is None and output_tokens is None:
+            return
         if input_tokens is not None:
             self._input = input_tokens
         if output_tokens is not None:
             self._output = output_tokens
+        # Anthropic's `message_start` announces the input and a placeholder output; an OpenAI
+        # chunk that still carries choices reports a running count (continuous usage stats).
+        self.final = document.get("type") != "message_start" and not document.get("choices")
 
     def result(self) -> TokenUsage | None:
         """Usage seen so far, including an event the stream ended without a blank line after."""
