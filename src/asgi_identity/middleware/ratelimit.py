@@ -60,6 +60,7 @@ class UserRateLimit:
         key_prefix: str = "asgi-identity",
         anonymous: Anonymous = "by_address",
         trusted_proxies: Iterable[str] = (),
+        ipv6_prefix: int = 64,
         on_storage_error: Literal["open", "closed"] = "open",
         storage_timeout: float = 1.0,
         storage_cooldown: float = 1.0,
@@ -92,6 +93,7 @@ class UserRateLimit:
             trusted_proxies=trusted_proxies,
             token_paths=token_paths,
             policy=self._headers.policy,
+            ipv6_prefix=ipv6_prefix,
         )
         self._quotas = open_quotas(
             storage,

@@ -7,7 +7,6 @@ from typing import Literal, NamedTuple
 from asgi_identity.identity import Identity
 from asgi_identity.quotas._plan import Planner
 from asgi_identity.quotas._storage import Quotas
-from asgi_identity.quotas._windows import bucket_key
 
 
 class WindowUsage(NamedTuple):
@@ -30,7 +29,7 @@ async def read_usage(
 ) -> list[WindowUsage]:
     """Requests first, then tokens; RateLimitUnavailable when the storage does not answer."""
     requests, tokens = planner.limits_for(identity)
-    parts = bucket_key(identity, address) or (identity.source, "unknown")
+    parts = planner.parts(identity, None, address)
     ids = planner.request_ids(parts)
     result: list[WindowUsage] = []
     for window in requests or ():

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from collections.abc import Mapping
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Literal, NamedTuple
 from urllib.parse import quote
 
@@ -114,11 +115,14 @@ def parse_tiers(tiers: Mapping[str, LimitSpec], kind: str, option: str) -> dict[
     }
 
 
-@lru_cache(maxsize=4096)
 def _part(value: str) -> str:
     # Percent-encoding everything but unreserved characters makes the joined key injective:
-    # "/" never appears inside a part, so ("a/b",) and ("a", "b") stay apart.
-    return quote(value, safe="")
+    # "/" never appears inside a part, so ("a/b",) and ("a", "b") stay apart. Short values (ids,
+    # emails) are remembered; a long one would hold three times its length.
+    return _quoted(value) if len(value) <= 256 else quote(value, safe="")
+
+
+_quoted = lru_cache(maxsize=4096)(partial(quote, safe=""))
 
 
 def bucket_key(identity: Identity, address: str | None) -> tuple[str, ...] | None:
@@ -139,6 +143,18 @@ def bucket_key(identity: Identity, address: str | None) -> tuple[str, ...] | Non
     if identity.client_id is not None:
         return (source, "client", _part(identity.client_id))
     return None
+
+
+def address_bucket(address: str, ipv6_prefix: int) -> str:
+    """An anonymous client's bucket: its IPv4 address, or the IPv6 network of `ipv6_prefix` bits
+    around its address (a subscriber is given a whole /64 and may send from any address in it)."""
+    if ":" not in address:
+        return address
+    try:
+        parsed = ipaddress.IPv6Address(address)
+    except ValueError:
+        return address  # not an address (a trusted proxy's odd hop): its own bucket
+    return str(ipaddress.IPv6Network((parsed, ipv6_prefix), strict=False))
 
 
 def per_window(window: Window) -> str:

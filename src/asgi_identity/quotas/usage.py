@@ -351,12 +351,10 @@ def reader_for(content_type: bytes | str | None) -> UsageReader | None:
         return None
     if isinstance(content_type, str):
         content_type = content_type.encode("latin-1", "replace")
-    kind = _reader_kind(content_type)
+    kind = (_known_kind if len(content_type) <= 128 else _reader_kind)(content_type)
     return None if kind is None else kind()
 
 
-# Responses repeat a handful of content types: each is parsed once.
-@lru_cache(maxsize=256)
 def _reader_kind(content_type: bytes) -> type[UsageReader] | None:
     media = content_type.decode("latin-1").split(";", 1)[0].strip().lower()
     if media == "text/event-stream":
@@ -366,6 +364,10 @@ def _reader_kind(content_type: bytes) -> type[UsageReader] | None:
     ):
         return JSONUsageReader
     return None
+
+
+# Responses repeat a handful of content types: each short one is parsed once.
+_known_kind = lru_cache(maxsize=256)(_reader_kind)
 
 
 def usage_from_sse(stream: bytes) -> TokenUsage | None:
