@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, MutableMapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
 from limits.aio.storage import Storage
@@ -17,12 +17,10 @@ from asgi_identity.quotas._guard import RateLimitUnavailable
 from asgi_identity.quotas._headers import ANONYMOUS_REFUSED, RateLimitHeaders, unavailable
 from asgi_identity.quotas._ledger import Reservation, UsageMeter
 from asgi_identity.quotas._plan import Planner
-from asgi_identity.quotas._readers import WindowUsage, read_usage
+from asgi_identity.quotas._readers import WindowUsage, read_usage, report_usage
 from asgi_identity.quotas._storage import open_quotas
 from asgi_identity.quotas._stream_usage import ask_for_usage
-from asgi_identity.quotas._windows import LimitSpec, Windows
-from asgi_identity.quotas.usage import MAX_TOKENS, TokenUsage
-from asgi_identity.telemetry import events
+from asgi_identity.quotas._windows import BucketBy, LimitSpec, Windows
 from asgi_identity.types import (
     AnyASGIApp,
     AnyReceive,
@@ -30,7 +28,6 @@ from asgi_identity.types import (
     AnySend,
     Message,
     Receive,
-    Scope,
     Send,
 )
 
@@ -60,6 +57,7 @@ class UserRateLimit:
         key_prefix: str = "asgi-identity",
         anonymous: Anonymous = "by_address",
         trusted_proxies: Iterable[str] = (),
+        bucket_by: BucketBy = "user_id",
         ipv6_prefix: int = 64,
         on_storage_error: Literal["open", "closed"] = "open",
         storage_timeout: float = 1.0,
@@ -94,6 +92,7 @@ class UserRateLimit:
             token_paths=token_paths,
             policy=self._headers.policy,
             ipv6_prefix=ipv6_prefix,
+            bucket_by=bucket_by,
         )
         self._quotas = open_quotas(
             storage,
@@ -255,28 +254,7 @@ class UserRateLimit:
         `who` is a request (or scope) inside this layer, whose reservation it settles instead
         of the response's `usage`, or an Identity to charge directly (e.g. from a background job).
         """
-        used = TokenUsage(int(input_tokens), int(output_tokens))
-        if not (0 <= used.input_tokens <= MAX_TOKENS and 0 <= used.output_tokens <= MAX_TOKENS):
-            raise ValueError(f"report_usage: token counts must be >= 0 and <= {MAX_TOKENS}")
-        scope: Scope | None = None
-        if isinstance(who, Identity):
-            identity = who
-        else:
-            scope = who if isinstance(who, MutableMapping) else getattr(who, "scope", None)
-            if scope is None:
-                raise TypeError("report_usage() takes a request, an ASGI scope or an Identity")
-            reservation = Reservation.pending(scope)
-            if reservation is not None:
-                reservation.report(used)  # settled from it instead of the response's usage
-                return
-            identity = require_identity(scope, "report_usage()")
-        _, windows = self.limits_for(identity)
-        events.llm_tokens(identity, used.input_tokens, used.output_tokens)
-        if windows is None or used.total_tokens == 0:
-            return
-        parts = self._planner.parts(identity, scope)
-        keys = tuple(self._planner.token_key(parts, window) for window in windows)
-        await self._quotas.charge_tokens(keys, windows, used.total_tokens)
+        await report_usage(self._quotas, self._planner, who, input_tokens, output_tokens)
 
     async def usage(self, identity: Identity, *, address: str | None = None) -> list[WindowUsage]:
         """Where `identity` stands in each of its windows (requests first, then tokens).

@@ -11,11 +11,14 @@ from asgi_identity._memo import Memo
 from asgi_identity.credentials.apikeys import APIKey
 from asgi_identity.identity import Identity
 from asgi_identity.quotas._windows import (
+    BucketBy,
     LimitSpec,
     Window,
     Windows,
     address_bucket,
     bucket_key,
+    check_bucket_by,
+    named_bucket,
     parse_limit,
     parse_tiers,
 )
@@ -59,6 +62,7 @@ class Planner:
         "_token_exact",
         "_token_prefixes",
         "_tokens",
+        "bucket_by",
         "ipv6_prefix",
         "key_prefix",
     )
@@ -75,6 +79,7 @@ class Planner:
         token_paths: Iterable[str] | None,
         policy: Callable[[tuple[Window, ...]], bytes],
         ipv6_prefix: int = 64,
+        bucket_by: BucketBy = "user_id",
     ) -> None:
         self._requests = parse_limit(limits, "requests", "limits")
         self._group_requests = parse_tiers(groups, "requests", "groups")
@@ -101,6 +106,8 @@ class Planner:
         if not 0 <= ipv6_prefix <= 128:
             raise ValueError("UserRateLimit: ipv6_prefix must be from 0 to 128")
         self.ipv6_prefix = ipv6_prefix
+        check_bucket_by(bucket_by)
+        self.bucket_by = bucket_by
         self._plans: Memo[tuple[Any, ...], tuple[APIKey | None, Plan]] = Memo(
             entries=_PLANS, largest=_LARGEST_PLAN, budget=_PLAN_BUDGET
         )
@@ -139,7 +146,11 @@ class Planner:
     ) -> tuple[str, ...]:
         """Whose bucket: the identity, or for an anonymous request its client's address (from
         the request, or `address`), IPv6 addresses by their network of `ipv6_prefix` bits."""
-        if identity.source == "anonymous":
+        if identity.source != "anonymous":
+            named = named_bucket(identity, self.bucket_by)
+            if named is not None:
+                return named
+        else:
             if scope is not None:
                 forwarded = [v for k, v in scope["headers"] if k.lower() == b"x-forwarded-for"]
                 address = self._proxies.client_address(scope.get("client"), forwarded)
@@ -167,6 +178,10 @@ class Planner:
                 identity.client_id,
                 identity.group,
                 id(api_key),
+                # What bucket_by reads: the email's check, or the name a callable gives.
+                identity.email_verified
+                if isinstance(self.bucket_by, str)
+                else named_bucket(identity, self.bucket_by),
             )
             hit = self._plans.get(cache_key)
             # The entry holds the key record itself, so its id cannot be reused while cached.

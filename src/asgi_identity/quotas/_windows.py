@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import lru_cache, partial
 from typing import Literal, NamedTuple
 from urllib.parse import quote
@@ -143,6 +143,42 @@ def bucket_key(identity: Identity, address: str | None) -> tuple[str, ...] | Non
     if identity.client_id is not None:
         return (source, "client", _part(identity.client_id))
     return None
+
+
+#: Whose bucket a person counts in: "user_id" (per credential path), "email", or a callable
+#: naming it (None: the user-id bucket).
+BucketBy = Literal["user_id", "email"] | Callable[[Identity], str | None]
+
+
+def check_bucket_by(bucket_by: object) -> None:
+    if isinstance(bucket_by, str):
+        if bucket_by not in ("user_id", "email"):
+            raise ValueError("UserRateLimit: bucket_by must be 'user_id', 'email' or a callable")
+    elif not callable(bucket_by):
+        raise TypeError("UserRateLimit: bucket_by must be 'user_id', 'email' or a callable")
+
+
+def named_bucket(identity: Identity, bucket_by: BucketBy) -> tuple[str, ...] | None:
+    """The bucket `bucket_by` names for a non-anonymous identity, None for the user-id bucket.
+
+    By email, whatever the credential path (a token, a backend's X-User-Email): one person, one
+    bucket. A token that says its email is unverified keeps its own bucket: anyone could write
+    that address.
+    """
+    if bucket_by == "user_id":
+        return None
+    if bucket_by == "email":
+        email = identity.email
+        if email is None or identity.email_verified is False:
+            return None
+        return ("email", _part(email.lower()))
+    assert callable(bucket_by)
+    name = bucket_by(identity)
+    if name is None:
+        return None
+    if not isinstance(name, str):
+        raise TypeError(f"UserRateLimit: bucket_by returned {type(name).__name__}, not a str")
+    return ("named", _part(name))
 
 
 def address_bucket(address: str, ipv6_prefix: int) -> str:
