@@ -18,7 +18,7 @@ from asgi_identity.quotas._headers import ANONYMOUS_REFUSED, RateLimitHeaders, u
 from asgi_identity.quotas._ledger import Reservation, UsageMeter
 from asgi_identity.quotas._plan import Planner
 from asgi_identity.quotas._readers import WindowUsage, read_usage, report_usage
-from asgi_identity.quotas._storage import open_quotas
+from asgi_identity.quotas._storage import open_quotas, shared_quotas
 from asgi_identity.quotas._stream_usage import ask_for_usage
 from asgi_identity.quotas._windows import BucketBy, LimitSpec, Windows
 from asgi_identity.types import (
@@ -102,7 +102,14 @@ class UserRateLimit:
             storage_timeout=storage_timeout,
             storage_cooldown=storage_cooldown,
         )
-        self.storage: Storage = self._quotas.storage
+        # Copies of this limiter in one app (one per route in Litestar) share one adapter: the
+        # configuration they are recognised by. A storage object is shared as given.
+        self._sharing: tuple[object, ...] | None = None
+        if isinstance(storage, str):
+            self._sharing = (storage, strategy, headers, on_storage_error, storage_timeout,
+                             storage_cooldown, key_prefix, limits, _items(groups), tokens,
+                             _items(group_tokens))  # fmt: skip
+        self._owner: object = None
         self.strategy, self.key_prefix = strategy, key_prefix
         self.on_storage_error = on_storage_error
         self.storage_timeout = float(storage_timeout)
@@ -114,6 +121,11 @@ class UserRateLimit:
         self.default_max_tokens, self.max_body = default_max_tokens, max_body
         self.ensure_stream_usage = bool(ensure_stream_usage)
         self._unavailable = unavailable(self.storage_cooldown)
+
+    @property
+    def storage(self) -> Storage:
+        """The `limits` storage the counters are kept in."""
+        return self._quotas.storage
 
     @property
     def storage_errors(self) -> int:
@@ -137,6 +149,10 @@ class UserRateLimit:
         if self.policy.skips(view):
             await self.app(scope, receive, send)
             return
+        if self._sharing is not None and scope.get("app") is not self._owner:
+            self._owner = scope.get("app")
+            if self._owner is not None:
+                self._quotas = shared_quotas(self._owner, self._sharing, self._quotas)
         identity = require_identity(scope, "UserRateLimit")
         state = scope.get("state")
         if state is None:
@@ -263,6 +279,10 @@ class UserRateLimit:
         storage does not answer.
         """
         return await read_usage(self._quotas, self._planner, identity, address)
+
+
+def _items(tiers: Mapping[str, LimitSpec] | None) -> tuple[tuple[str, LimitSpec], ...]:
+    return tuple(sorted((tiers or {}).items()))
 
 
 def get_rate_limiter(request_or_scope: Any) -> UserRateLimit:

@@ -48,7 +48,16 @@ def _pttl_reader(storage: Storage) -> Callable[[str], Awaitable[int]] | None:
 class AsyncQuotas:
     """Request windows and token counters on an async storage, asked through its guard."""
 
-    __slots__ = ("_fixed", "_limiter", "_pttl", "_settling", "_track", "guard", "storage")
+    __slots__ = (
+        "__weakref__",
+        "_fixed",
+        "_limiter",
+        "_pttl",
+        "_settling",
+        "_track",
+        "guard",
+        "storage",
+    )
 
     def __init__(
         self,

@@ -112,7 +112,7 @@ class MemoryQuotas:
     counting in this process needs none of that, so its synchronous twin does the counting.
     """
 
-    __slots__ = ("_fixed", "_limiter", "_track", "memory", "storage")
+    __slots__ = ("__weakref__", "_fixed", "_limiter", "_track", "memory", "storage")
 
     #: Memory does not fail: nothing is ever decided without it.
     storage_errors = 0
