@@ -63,8 +63,9 @@ def identity_middleware(settings: Settings) -> list[DefineMiddleware]:
     """The layers in the order of the flow: in Litestar the first listed runs first.
 
     Litestar builds a middleware stack for every route. So that all routes share one key-set
-    cache and one set of rate-limit counters, the verifier and the storage are built once here
-    and handed to every copy.
+    cache (and fetch the key set once), the verifier is built once here and handed to every
+    copy. Identical UserRateLimit copies share their counters by themselves; the storage is
+    built once here too, so every copy holds the one object whatever the URI.
     """
     public = list(settings.public_paths)
     issuer = JWTIssuer(

@@ -24,10 +24,15 @@ class Privacy:
 
 
 def _hasher(key: bytes) -> Callable[[str], str]:
-    # A few thousand users cover the ones in use; each HMAC costs about a microsecond.
-    @lru_cache(maxsize=4096)
-    def hash_user(user_id: str) -> str:
+    def pseudonym(user_id: str) -> str:
         return hmac.new(key, user_id.encode("utf-8"), hashlib.sha256).hexdigest()[:32]
+
+    # A few thousand users cover the ones in use; each HMAC costs about a microsecond. A user id
+    # longer than 256 characters is hashed every time: remembered, it would hold its length.
+    remembered = lru_cache(maxsize=4096)(pseudonym)
+
+    def hash_user(user_id: str) -> str:
+        return remembered(user_id) if len(user_id) <= 256 else pseudonym(user_id)
 
     return hash_user
 

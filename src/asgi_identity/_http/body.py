@@ -271,6 +271,13 @@ class BufferedBody:
             return body
         return b"".join(m.get("body", b"") for m in messages)
 
+    def replace(self, body: bytes) -> None:
+        """Replay `body` instead of what was read: a whole body the app has not read yet."""
+        if not self.complete or self._next:
+            raise RuntimeError("only a whole body nothing has consumed yet can be replaced")
+        self._messages = [{"type": "http.request", "body": body, "more_body": False}]
+        self.size = len(body)
+
     async def receive(self) -> Message:
         if self._next < len(self._messages):
             message = self._messages[self._next]

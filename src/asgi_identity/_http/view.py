@@ -173,6 +173,33 @@ class RequestView:
         return self._fields, receive
 
     @property
+    def body_fields(self) -> BodyFields | BodyError | None:
+        """What `fields()` read, or None when no layer has read the body."""
+        return self._fields
+
+    async def body(self) -> bytes | None:
+        """The body a layer read whole, or None (not read, too large, cut short)."""
+        buffered = self._body
+        if buffered is None or not isinstance(self._fields, BodyFields):
+            return None
+        return await buffered.read(buffered.size)  # whole already: reads nothing more
+
+    def replace_body(self, body: bytes) -> None:
+        """Forward `body` to the app instead of the one read, its `content-length` to match.
+
+        Only a layer that read the whole body and has not called the app yet may do this.
+        """
+        assert self._body is not None
+        self._body.replace(body)
+        length = str(len(body)).encode()
+        self.scope["headers"] = [
+            (name, length if name.lower() == _CONTENT_LENGTH else value)
+            for name, value in self.scope["headers"]
+        ]
+        if self.content_length is not None:
+            self.content_length = len(body)
+
+    @property
     def body_size(self) -> int:
         """Bytes of body read so far (0 when no layer read it)."""
         return 0 if self._body is None else self._body.size

@@ -10,6 +10,7 @@ from asgi_identity._http.view import (
     RequestView,
     well_formed_conversation_id,
 )
+from asgi_identity._memo import Memo
 from asgi_identity.errors import ErrorRenderer, IdentityError
 from asgi_identity.identity import Identity, require_identity, set_identity
 from asgi_identity.middleware._layer import LayerPolicy, Mode
@@ -17,8 +18,10 @@ from asgi_identity.telemetry import events
 from asgi_identity.types import AnyASGIApp, AnyReceive, AnyScope, AnySend
 
 _HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
-# Identities tagged lately, by (identity, conversation id); emptied when full.
-_TAGGED_CACHE_SIZE = 4096
+# Identities tagged lately, by (identity, conversation id): at most 4096 and about 1 MiB (ids are
+# up to MAX_CONVERSATION_ID_LENGTH bytes; 4096 of the longest held 9 MiB); emptied when full.
+_TAGGED = 4096
+_TAGGED_BUDGET = 1 << 20
 
 
 class ConversationTags:
@@ -31,7 +34,9 @@ class ConversationTags:
     __slots__ = ("_tagged",)
 
     def __init__(self) -> None:
-        self._tagged: dict[tuple[int, bytes], tuple[Identity, Identity]] = {}
+        self._tagged: Memo[tuple[int, bytes], tuple[Identity, Identity]] = Memo(
+            entries=_TAGGED, largest=2 * MAX_CONVERSATION_ID_LENGTH + 256, budget=_TAGGED_BUDGET
+        )
 
     def tag(self, identity: Identity, values: tuple[bytes, ...]) -> Identity:
         """`identity` with the request's one well-formed conversation id, if it has one."""
@@ -46,9 +51,8 @@ class ConversationTags:
         if not well_formed_conversation_id(value):
             return identity
         tagged = identity.replace(conversation_id=value.decode("ascii"))
-        if len(self._tagged) >= _TAGGED_CACHE_SIZE:
-            self._tagged.clear()
-        self._tagged[key] = (identity, tagged)
+        # The id twice (the key, the tagged identity's copy) and the identity itself.
+        self._tagged.put(key, (identity, tagged), 2 * len(value) + 256)
         return tagged
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, MutableMapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
 from limits.aio.storage import Storage
@@ -17,11 +17,10 @@ from asgi_identity.quotas._guard import RateLimitUnavailable
 from asgi_identity.quotas._headers import ANONYMOUS_REFUSED, RateLimitHeaders, unavailable
 from asgi_identity.quotas._ledger import Reservation, UsageMeter
 from asgi_identity.quotas._plan import Planner
-from asgi_identity.quotas._readers import WindowUsage, read_usage
-from asgi_identity.quotas._storage import open_quotas
-from asgi_identity.quotas._windows import LimitSpec, Windows
-from asgi_identity.quotas.usage import TokenUsage
-from asgi_identity.telemetry import events
+from asgi_identity.quotas._readers import WindowUsage, read_usage, report_usage
+from asgi_identity.quotas._storage import open_quotas, shared_quotas
+from asgi_identity.quotas._stream_usage import ask_for_usage
+from asgi_identity.quotas._windows import BucketBy, LimitSpec, Windows
 from asgi_identity.types import (
     AnyASGIApp,
     AnyReceive,
@@ -29,7 +28,6 @@ from asgi_identity.types import (
     AnySend,
     Message,
     Receive,
-    Scope,
     Send,
 )
 
@@ -59,12 +57,15 @@ class UserRateLimit:
         key_prefix: str = "asgi-identity",
         anonymous: Anonymous = "by_address",
         trusted_proxies: Iterable[str] = (),
+        bucket_by: BucketBy = "user_id",
+        ipv6_prefix: int = 64,
         on_storage_error: Literal["open", "closed"] = "open",
         storage_timeout: float = 1.0,
         storage_cooldown: float = 1.0,
         default_max_tokens: int = 4096,
         token_paths: Iterable[str] | None = None,
         max_body: int = DEFAULT_MAX_BODY,
+        ensure_stream_usage: bool = False,
         headers: bool = True,
         mode: Mode = "enforce",
         exclude_paths: Iterable[str] = (),
@@ -90,6 +91,8 @@ class UserRateLimit:
             trusted_proxies=trusted_proxies,
             token_paths=token_paths,
             policy=self._headers.policy,
+            ipv6_prefix=ipv6_prefix,
+            bucket_by=bucket_by,
         )
         self._quotas = open_quotas(
             storage,
@@ -99,7 +102,14 @@ class UserRateLimit:
             storage_timeout=storage_timeout,
             storage_cooldown=storage_cooldown,
         )
-        self.storage: Storage = self._quotas.storage
+        # Copies of this limiter in one app (one per route in Litestar) share one adapter: the
+        # configuration they are recognised by. A storage object is shared as given.
+        self._sharing: tuple[object, ...] | None = None
+        if isinstance(storage, str):
+            self._sharing = (storage, strategy, headers, on_storage_error, storage_timeout,
+                             storage_cooldown, key_prefix, limits, _items(groups), tokens,
+                             _items(group_tokens))  # fmt: skip
+        self._owner: object = None
         self.strategy, self.key_prefix = strategy, key_prefix
         self.on_storage_error = on_storage_error
         self.storage_timeout = float(storage_timeout)
@@ -109,7 +119,13 @@ class UserRateLimit:
         self.anonymous = anonymous
         check_estimate_options(default_max_tokens, max_body)
         self.default_max_tokens, self.max_body = default_max_tokens, max_body
+        self.ensure_stream_usage = bool(ensure_stream_usage)
         self._unavailable = unavailable(self.storage_cooldown)
+
+    @property
+    def storage(self) -> Storage:
+        """The `limits` storage the counters are kept in."""
+        return self._quotas.storage
 
     @property
     def storage_errors(self) -> int:
@@ -133,6 +149,10 @@ class UserRateLimit:
         if self.policy.skips(view):
             await self.app(scope, receive, send)
             return
+        if self._sharing is not None and scope.get("app") is not self._owner:
+            self._owner = scope.get("app")
+            if self._owner is not None:
+                self._quotas = shared_quotas(self._owner, self._sharing, self._quotas)
         identity = require_identity(scope, "UserRateLimit")
         state = scope.get("state")
         if state is None:
@@ -195,6 +215,8 @@ class UserRateLimit:
             await self.app(scope, receive, send)
             return
         # (e) Metered: the reservation is settled from the response's usage.
+        if self.ensure_stream_usage:
+            await ask_for_usage(view)
         await self._metered(view, receive, send, reservation)
 
     async def _estimate_tokens(
@@ -210,7 +232,7 @@ class UserRateLimit:
     ) -> None:
         scope = view.scope
         reservation.attach(scope)
-        meter = UsageMeter(reservation)
+        meter = UsageMeter(reservation, scope)
         responder = view.responder
         send = responder.wrap(send)
         responder.watchers.append(meter.watch)
@@ -248,28 +270,7 @@ class UserRateLimit:
         `who` is a request (or scope) inside this layer, whose reservation it settles instead
         of the response's `usage`, or an Identity to charge directly (e.g. from a background job).
         """
-        used = TokenUsage(int(input_tokens), int(output_tokens))
-        if used.input_tokens < 0 or used.output_tokens < 0:
-            raise ValueError("report_usage: token counts must be >= 0")
-        scope: Scope | None = None
-        if isinstance(who, Identity):
-            identity = who
-        else:
-            scope = who if isinstance(who, MutableMapping) else getattr(who, "scope", None)
-            if scope is None:
-                raise TypeError("report_usage() takes a request, an ASGI scope or an Identity")
-            reservation = Reservation.pending(scope)
-            if reservation is not None:
-                reservation.report(used)  # settled from it instead of the response's usage
-                return
-            identity = require_identity(scope, "report_usage()")
-        _, windows = self.limits_for(identity)
-        events.llm_tokens(identity, used.input_tokens, used.output_tokens)
-        if windows is None or used.total_tokens == 0:
-            return
-        parts = self._planner.parts(identity, scope)
-        keys = tuple(self._planner.token_key(parts, window) for window in windows)
-        await self._quotas.charge_tokens(keys, windows, used.total_tokens)
+        await report_usage(self._quotas, self._planner, who, input_tokens, output_tokens)
 
     async def usage(self, identity: Identity, *, address: str | None = None) -> list[WindowUsage]:
         """Where `identity` stands in each of its windows (requests first, then tokens).
@@ -278,6 +279,10 @@ class UserRateLimit:
         storage does not answer.
         """
         return await read_usage(self._quotas, self._planner, identity, address)
+
+
+def _items(tiers: Mapping[str, LimitSpec] | None) -> tuple[tuple[str, LimitSpec], ...]:
+    return tuple(sorted((tiers or {}).items()))
 
 
 def get_rate_limiter(request_or_scope: Any) -> UserRateLimit:

@@ -48,7 +48,16 @@ def _pttl_reader(storage: Storage) -> Callable[[str], Awaitable[int]] | None:
 class AsyncQuotas:
     """Request windows and token counters on an async storage, asked through its guard."""
 
-    __slots__ = ("_fixed", "_limiter", "_pttl", "_settling", "_track", "guard", "storage")
+    __slots__ = (
+        "__weakref__",
+        "_fixed",
+        "_limiter",
+        "_pttl",
+        "_settling",
+        "_track",
+        "guard",
+        "storage",
+    )
 
     def __init__(
         self,
@@ -141,7 +150,8 @@ class AsyncQuotas:
                     reservation.resets = [now] * len(reservation.windows)
                     return decided((*states, refused), refused)
                 reservation.resets.append(reset)
-                states += ((window, window.amount - used, retry),)
+                # Its own reservation is not shown as spent: it is settled to what it uses.
+                states += ((window, window.amount - used + estimate, retry),)
         except Exception:
             # The storage failed half-way: the request goes on (or is refused) without a
             # reservation, so nothing may stay set aside in the windows already charged.

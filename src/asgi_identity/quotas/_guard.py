@@ -2,12 +2,18 @@
 
 The async adapter (`_aio.py`) asks its storage through this guard, which decides what an outage
 means, so the layer never has to: it only sees a `Decision` whose `outage` says open or closed.
+
+An outage (connection refused, a timeout, a failover) is the storage's state and concerns every
+request. A reply that rejects a value (a number out of range, a counter of the wrong type) is about
+one request's numbers or one counter: it is logged and fails that request closed, and it never
+starts the cool-down, so nothing one request sends can switch limiting off for anyone else.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import sys
 import time
 from collections.abc import Awaitable
@@ -26,6 +32,28 @@ _ON_STORAGE_ERROR = ("open", "closed")
 
 class RateLimitUnavailable(RuntimeError):
     """The rate-limit storage did not answer within `storage_timeout` (or is in its cool-down)."""
+
+
+class StorageRejected(RateLimitUnavailable):
+    """The storage answered, refusing a value of this call: not an outage."""
+
+
+# Redis's replies that refuse a value or a counter, not the service: INCRBY past 64 bits, a number
+# that is not one, a key holding another type. Cluster, failover, auth and script replies are also
+# ResponseErrors, and they are outages.
+_REJECTED_VALUE = re.compile(
+    r"not an integer|out of range|would overflow|wrong kind of value|invalid expire", re.I
+)
+
+
+def rejects_value(exc: BaseException) -> bool:
+    """True when `exc` is a storage's refusal of a value rather than a sign that it is down."""
+    if isinstance(exc, ValueError | TypeError | OverflowError):
+        return True  # raised before anything was sent (a value the client cannot encode)
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    if "WrongTypeError" in names:
+        return True
+    return "ResponseError" in names and _REJECTED_VALUE.search(str(exc)) is not None
 
 
 if sys.version_info >= (3, 11):
@@ -56,6 +84,7 @@ class StorageGuard:
         "errors",
         "on_error",
         "outage",
+        "rejected",
         "timeout",
     )
 
@@ -67,6 +96,9 @@ class StorageGuard:
         mode: Literal["open", "closed"] = "open" if on_error == "open" else "closed"
         self.on_error = mode
         self.outage = Decision((), None, mode)
+        #: A request whose numbers the storage refused is refused (closed), whatever the policy:
+        #: letting it through uncounted would be a way around the limits.
+        self.rejected: Decision = Decision((), None, "closed")
         self.timeout = float(timeout)
         self.cooldown = float(cooldown)
         #: Storage calls that failed or timed out (and requests decided without the storage).
@@ -86,6 +118,8 @@ class StorageGuard:
     async def decide(self, counting: Awaitable[Decision]) -> Decision:
         try:
             return await counting
+        except StorageRejected:
+            return self.rejected
         except RateLimitUnavailable:
             return self.outage
 
@@ -107,6 +141,9 @@ class StorageGuard:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            if rejects_value(exc):
+                logger.error("rate-limit storage rejected a value of one request: %r", exc)
+                raise StorageRejected(repr(exc)) from None
             self.errors += 1
             self._down_until = time.monotonic() + self.cooldown
             reason = "timed out" if isinstance(exc, asyncio.TimeoutError) else repr(exc)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from asgi_identity.identity import Identity
 from asgi_identity.quotas._windows import Window
-from asgi_identity.quotas.usage import TokenUsage, UsageReader, reader_for
+from asgi_identity.quotas.usage import MAX_TOKENS, TokenUsage, UsageReader, reader_for
 from asgi_identity.telemetry import events
 from asgi_identity.types import Message, Scope
 
@@ -61,9 +61,10 @@ class Reservation:
         making several LLM calls in one request reports each)."""
         earlier = self.reported
         if earlier is not None:
+            # Bounded like every count: the sum is stored, and a counter has 64 bits.
             used = TokenUsage(
-                earlier.input_tokens + used.input_tokens,
-                earlier.output_tokens + used.output_tokens,
+                min(MAX_TOKENS, earlier.input_tokens + used.input_tokens),
+                min(MAX_TOKENS, earlier.output_tokens + used.output_tokens),
             )
         self.reported = used
 
@@ -72,10 +73,11 @@ class UsageMeter:
     """Watches the response through the request's responder: reads its usage as it passes,
     reports it before the last chunk goes out, and decides what to charge."""
 
-    __slots__ = ("_found", "_reader", "_reservation", "reported", "status")
+    __slots__ = ("_found", "_reader", "_reservation", "_scope", "reported", "status")
 
-    def __init__(self, reservation: Reservation) -> None:
+    def __init__(self, reservation: Reservation, scope: Scope) -> None:
         self._reservation = reservation
+        self._scope = scope
         self._reader: UsageReader | None = None
         self._found: TokenUsage | None = None
         self.status = 0
@@ -117,13 +119,20 @@ class UsageMeter:
         found = self.found()
         if found is not None:
             self.reported = True
-            events.llm_tokens(self._reservation.identity, found.input_tokens, found.output_tokens)
+            identity = self._reservation.identity
+            events.llm_tokens(identity, found.input_tokens, found.output_tokens, scope=self._scope)
 
     def outcome(self) -> int:
         """The tokens to charge."""
-        found = self.found()
-        if found is not None:
+        reservation, reader = self._reservation, self._reader
+        if reservation.reported is not None:
+            return reservation.reported.total_tokens
+        if not self.status or self.status >= 400:
+            return 0  # refused or failed upstream: nothing was generated
+        found = None if reader is None else reader.result()
+        if found is not None and reader is not None and reader.final:
             return found.total_tokens
-        if self.status and self.status < 400:
-            return self._reservation.estimate  # no usage in the response: keep the estimate
-        return 0  # refused or failed upstream: nothing was generated
+        # No final usage: none in the response, or a stream cut before its last event (a
+        # client that hangs up, an upstream that fails). What may have been generated is the
+        # reservation; a count announced on the way is charged when it is more.
+        return max(reservation.estimate, 0 if found is None else found.total_tokens)

@@ -112,7 +112,7 @@ class MemoryQuotas:
     counting in this process needs none of that, so its synchronous twin does the counting.
     """
 
-    __slots__ = ("_fixed", "_limiter", "_track", "memory", "storage")
+    __slots__ = ("__weakref__", "_fixed", "_limiter", "_track", "memory", "storage")
 
     #: Memory does not fail: nothing is ever decided without it.
     storage_errors = 0
@@ -174,7 +174,8 @@ class MemoryQuotas:
                 reservation.resets = [now] * len(windows)
                 return decided((*states, refused), refused)
             resets.append(reset)
-            states += ((window, window.amount - used, retry),)
+            # Its own reservation is not shown as spent: it is settled to what it uses.
+            states += ((window, window.amount - used + estimate, retry),)
         reservation.estimate = estimate
         return decided(states)
 

@@ -7,13 +7,18 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
 from asgi_identity._http.peers import TrustedPeers
+from asgi_identity._memo import Memo
 from asgi_identity.credentials.apikeys import APIKey
 from asgi_identity.identity import Identity
 from asgi_identity.quotas._windows import (
+    BucketBy,
     LimitSpec,
     Window,
     Windows,
+    address_bucket,
     bucket_key,
+    check_bucket_by,
+    named_bucket,
     parse_limit,
     parse_tiers,
 )
@@ -22,8 +27,11 @@ from asgi_identity.types import Scope
 logger = logging.getLogger("asgi_identity")
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
-# Plans of the identities seen lately; emptied when full.
-_PLAN_CACHE_SIZE = 4096
+# Plans of the identities seen lately: at most 4096 and about 4 MiB of their keys; an identity
+# whose names run past 4 kB is planned on every request.
+_PLANS = 4096
+_LARGEST_PLAN = 4096
+_PLAN_BUDGET = 4 << 20
 
 
 class Plan(NamedTuple):
@@ -54,6 +62,8 @@ class Planner:
         "_token_exact",
         "_token_prefixes",
         "_tokens",
+        "bucket_by",
+        "ipv6_prefix",
         "key_prefix",
     )
 
@@ -68,6 +78,8 @@ class Planner:
         trusted_proxies: Iterable[str],
         token_paths: Iterable[str] | None,
         policy: Callable[[tuple[Window, ...]], bytes],
+        ipv6_prefix: int = 64,
+        bucket_by: BucketBy = "user_id",
     ) -> None:
         self._requests = parse_limit(limits, "requests", "limits")
         self._group_requests = parse_tiers(groups, "requests", "groups")
@@ -89,7 +101,16 @@ class Planner:
         self._token_prefixes = tuple(p for p in paths or () if p.endswith("/"))
         self._token_everywhere = paths is None
         self._policy = policy
-        self._plans: dict[tuple[Any, ...], tuple[APIKey | None, Plan]] = {}
+        if isinstance(ipv6_prefix, bool) or not isinstance(ipv6_prefix, int):
+            raise TypeError("UserRateLimit: ipv6_prefix must be a prefix length (0 to 128)")
+        if not 0 <= ipv6_prefix <= 128:
+            raise ValueError("UserRateLimit: ipv6_prefix must be from 0 to 128")
+        self.ipv6_prefix = ipv6_prefix
+        check_bucket_by(bucket_by)
+        self.bucket_by = bucket_by
+        self._plans: Memo[tuple[Any, ...], tuple[APIKey | None, Plan]] = Memo(
+            entries=_PLANS, largest=_LARGEST_PLAN, budget=_PLAN_BUDGET
+        )
 
     def _override(self, spec: str, kind: str, fallback: Windows) -> Windows:
         key = (kind, spec)
@@ -120,12 +141,21 @@ class Planner:
                 tokens = self._override(key.token_limit, "tokens", tokens)
         return requests, tokens
 
-    def parts(self, identity: Identity, scope: Scope | None) -> tuple[str, ...]:
-        """Whose bucket: the identity, or for an anonymous request its client address."""
-        address = None
-        if identity.source == "anonymous" and scope is not None:
-            forwarded = [v for k, v in scope["headers"] if k.lower() == b"x-forwarded-for"]
-            address = self._proxies.client_address(scope.get("client"), forwarded)
+    def parts(
+        self, identity: Identity, scope: Scope | None, address: str | None = None
+    ) -> tuple[str, ...]:
+        """Whose bucket: the identity, or for an anonymous request its client's address (from
+        the request, or `address`), IPv6 addresses by their network of `ipv6_prefix` bits."""
+        if identity.source != "anonymous":
+            named = named_bucket(identity, self.bucket_by)
+            if named is not None:
+                return named
+        else:
+            if scope is not None:
+                forwarded = [v for k, v in scope["headers"] if k.lower() == b"x-forwarded-for"]
+                address = self._proxies.client_address(scope.get("client"), forwarded)
+            if address is not None:
+                address = address_bucket(address, self.ipv6_prefix)
         return bucket_key(identity, address) or (identity.source, "unknown")
 
     def request_ids(self, parts: tuple[str, ...]) -> str:
@@ -148,6 +178,10 @@ class Planner:
                 identity.client_id,
                 identity.group,
                 id(api_key),
+                # What bucket_by reads: the email's check, or the name a callable gives.
+                identity.email_verified
+                if isinstance(self.bucket_by, str)
+                else named_bucket(identity, self.bucket_by),
             )
             hit = self._plans.get(cache_key)
             # The entry holds the key record itself, so its id cannot be reused while cached.
@@ -167,9 +201,10 @@ class Planner:
             tuple(self._policy(windows[:n]) for n in range(len(windows) + 1)),
         )
         if not anonymous:
-            if len(self._plans) >= _PLAN_CACHE_SIZE:
-                self._plans.clear()
-            self._plans[cache_key] = (api_key, plan)
+            # The names in the key, and the storage keys made of them (escaped, once per window).
+            size = sum(len(value) for value in cache_key if isinstance(value, str))
+            size += sum(map(len, plan.request_keys)) + sum(map(len, plan.token_keys)) + len(ids)
+            self._plans.put(cache_key, (api_key, plan), size)
         return plan
 
     def meters_tokens(self, scope: Scope) -> bool:

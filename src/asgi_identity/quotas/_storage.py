@@ -8,6 +8,8 @@ suspension), `_aio.py` for everything else, behind its failure policy (`_guard.p
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import Any
+from weakref import WeakKeyDictionary
 
 from limits.aio.storage import MemoryStorage, Storage
 from limits.aio.strategies import STRATEGIES, RateLimiter
@@ -68,3 +70,32 @@ def open_quotas(
     if type(storage) is MemoryStorage:
         return MemoryQuotas(storage, strategy, track_states=headers)
     return AsyncQuotas(storage, limiter, guard, strategy=strategy, track_states=headers)
+
+
+# The adapters shared by the limiters of one app that were built with one configuration: Litestar
+# (and Starlette's per-route middleware) builds a limiter per route, and they must count as one.
+# Kept with the app object (the scope's `app`): weakly keyed by it, or, for an app that cannot be
+# weakly referred to (Litestar has slots), in its `state`. So two apps in one process (a test suite
+# building an app per test) never share counters, and an app's adapters go with it.
+_SHARED: WeakKeyDictionary[Any, dict[tuple[object, ...], Quotas]] = WeakKeyDictionary()
+_STATE_ATTRIBUTE = "asgi_identity_shared_quotas"
+
+
+def shared_quotas(app: object, configuration: tuple[object, ...], quotas: Quotas) -> Quotas:
+    """The adapter the limiters of `app` built with `configuration` share (`quotas`, the first
+    time); `quotas` itself when `app` has nowhere to keep it."""
+    by_configuration: dict[tuple[object, ...], Quotas]
+    try:
+        by_configuration = _SHARED.setdefault(app, {})
+    except TypeError:  # not hashable, or not weakly referable: its state, if it has one
+        state = getattr(app, "state", None)
+        kept = getattr(state, _STATE_ATTRIBUTE, None)
+        if isinstance(kept, dict):
+            by_configuration = kept
+        else:
+            by_configuration = {}
+            try:
+                setattr(state, _STATE_ATTRIBUTE, by_configuration)
+            except (AttributeError, TypeError):
+                return quotas
+    return by_configuration.setdefault(configuration, quotas)

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import ipaddress
 import math
-from collections.abc import Mapping
-from functools import lru_cache
+from collections.abc import Callable, Mapping
+from functools import lru_cache, partial
 from typing import Literal, NamedTuple
 from urllib.parse import quote
 
 from limits import RateLimitItem, parse_many
 
 from asgi_identity.identity import Identity
+from asgi_identity.quotas.usage import MAX_TOKENS
 
 #: Spelled in a limit string (or an API key's override) for "no limit at all".
 UNLIMITED = "unlimited"
@@ -95,6 +97,13 @@ def parse_limit(spec: LimitSpec, kind: str, where: str) -> Windows:
     for window in windows:
         if window.amount <= 0:
             raise ValueError(f"UserRateLimit: {where} {spec!r} has a window of zero")
+        if window.amount > MAX_TOKENS:
+            # Counters are 64-bit on Redis: a quota this large could be overrun into a value
+            # the storage rejects. Above it, say "unlimited".
+            raise ValueError(
+                f"UserRateLimit: {where} {spec!r} is above {MAX_TOKENS} a window; "
+                "use 'unlimited' (or None) for no limit"
+            )
     return tuple(windows)
 
 
@@ -106,11 +115,14 @@ def parse_tiers(tiers: Mapping[str, LimitSpec], kind: str, option: str) -> dict[
     }
 
 
-@lru_cache(maxsize=4096)
 def _part(value: str) -> str:
     # Percent-encoding everything but unreserved characters makes the joined key injective:
-    # "/" never appears inside a part, so ("a/b",) and ("a", "b") stay apart.
-    return quote(value, safe="")
+    # "/" never appears inside a part, so ("a/b",) and ("a", "b") stay apart. Short values (ids,
+    # emails) are remembered; a long one would hold three times its length.
+    return _quoted(value) if len(value) <= 256 else quote(value, safe="")
+
+
+_quoted = lru_cache(maxsize=4096)(partial(quote, safe=""))
 
 
 def bucket_key(identity: Identity, address: str | None) -> tuple[str, ...] | None:
@@ -131,6 +143,54 @@ def bucket_key(identity: Identity, address: str | None) -> tuple[str, ...] | Non
     if identity.client_id is not None:
         return (source, "client", _part(identity.client_id))
     return None
+
+
+#: Whose bucket a person counts in: "user_id" (per credential path), "email", or a callable
+#: naming it (None: the user-id bucket).
+BucketBy = Literal["user_id", "email"] | Callable[[Identity], str | None]
+
+
+def check_bucket_by(bucket_by: object) -> None:
+    if isinstance(bucket_by, str):
+        if bucket_by not in ("user_id", "email"):
+            raise ValueError("UserRateLimit: bucket_by must be 'user_id', 'email' or a callable")
+    elif not callable(bucket_by):
+        raise TypeError("UserRateLimit: bucket_by must be 'user_id', 'email' or a callable")
+
+
+def named_bucket(identity: Identity, bucket_by: BucketBy) -> tuple[str, ...] | None:
+    """The bucket `bucket_by` names for a non-anonymous identity, None for the user-id bucket.
+
+    By email, whatever the credential path (a token, a backend's X-User-Email): one person, one
+    bucket. A token that says its email is unverified keeps its own bucket: anyone could write
+    that address.
+    """
+    if bucket_by == "user_id":
+        return None
+    if bucket_by == "email":
+        email = identity.email
+        if email is None or identity.email_verified is False:
+            return None
+        return ("email", _part(email.lower()))
+    assert callable(bucket_by)
+    name = bucket_by(identity)
+    if name is None:
+        return None
+    if not isinstance(name, str):
+        raise TypeError(f"UserRateLimit: bucket_by returned {type(name).__name__}, not a str")
+    return ("named", _part(name))
+
+
+def address_bucket(address: str, ipv6_prefix: int) -> str:
+    """An anonymous client's bucket: its IPv4 address, or the IPv6 network of `ipv6_prefix` bits
+    around its address (a subscriber is given a whole /64 and may send from any address in it)."""
+    if ":" not in address:
+        return address
+    try:
+        parsed = ipaddress.IPv6Address(address)
+    except ValueError:
+        return address  # not an address (a trusted proxy's odd hop): its own bucket
+    return str(ipaddress.IPv6Network((parsed, ipv6_prefix), strict=False))
 
 
 def per_window(window: Window) -> str:

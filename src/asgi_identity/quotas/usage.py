@@ -13,7 +13,8 @@ from collections.abc import Callable, Mapping
 from functools import lru_cache
 from typing import Any, NamedTuple
 
-#: Counts above this are not believable token counts (and keep arithmetic on them exact).
+#: Counts above this are not believable token counts: a response's are ignored, a report's
+#: refused, and no counter is ever asked to hold more (Redis counters stop at 2**63).
 MAX_TOKENS = 2**40
 
 #: Bytes of a JSON body kept to find `usage` in (usage is at the end of every supported shape).
@@ -42,10 +43,34 @@ def _count(value: Any) -> int | None:
     return None
 
 
+_COUNT_FIELDS = (
+    "prompt_tokens",
+    "completion_tokens",
+    "input_tokens",
+    "output_tokens",
+    "cache_creation_input_tokens",
+    "cache_read_input_tokens",
+)
+
+
+def _absurd(value: Any) -> bool:
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and not (0 <= value <= MAX_TOKENS)
+    )
+
+
 def _counts(usage: Any) -> tuple[int | None, int | None]:
-    """(input, output) from one `usage` object of any supported shape; None where absent."""
+    """(input, output) from one `usage` object of any supported shape; None where absent.
+
+    An object with any count out of range is ignored whole (the request keeps its reservation):
+    taking its other counts alone would charge less than was used.
+    """
     # Parsed JSON objects are dicts: the exact type check spares the ABC check.
     if type(usage) is not dict and not isinstance(usage, Mapping):
+        return None, None
+    if any(_absurd(usage.get(name)) for name in _COUNT_FIELDS):
         return None, None
     # OpenAI chat completions: prompt/completion; responses API and Anthropic: input/output.
     input_tokens = _count(usage.get("prompt_tokens"))
@@ -56,6 +81,7 @@ def _counts(usage: Any) -> tuple[int | None, int | None]:
             # still tokens the provider processed and bills.
             for extra in ("cache_creation_input_tokens", "cache_read_input_tokens"):
                 input_tokens += _count(usage.get(extra)) or 0
+            input_tokens = min(input_tokens, MAX_TOKENS)
     output_tokens = _count(usage.get("completion_tokens"))
     if output_tokens is None:
         output_tokens = _count(usage.get("output_tokens"))
@@ -186,6 +212,9 @@ class JSONUsageReader:
 
     __slots__ = ("_data", "_tail", "_truncated")
 
+    #: A body's usage is its last word: found at all, it is final.
+    final = True
+
     def __init__(self, tail: int = DEFAULT_JSON_TAIL) -> None:
         self._tail = tail
         self._data = bytearray()
@@ -224,11 +253,13 @@ class SSEUsageReader:
 
     Only the unfinished line and the current event's data are kept (each bounded by `max_event`).
     Counts seen in several events are merged, latest first: Anthropic sends input tokens in
-    `message_start` and the running output count in each `message_delta`; OpenAI sends usage in
-    the last chunk (chat, with `stream_options.include_usage`) or in `response.completed`.
+    `message_start` and the output count in `message_delta`; OpenAI sends usage in the last chunk
+    (chat, with `stream_options.include_usage`) or in `response.completed`. `final` says whether
+    the latest usage seen is the stream's last word, not a count announced on the way (Anthropic's
+    `message_start`, a chunk still carrying choices).
     """
 
-    __slots__ = ("_data", "_input", "_line", "_max", "_output", "_skipping")
+    __slots__ = ("_data", "_input", "_line", "_max", "_output", "_skipping", "final")
 
     def __init__(self, max_event: int = DEFAULT_MAX_EVENT) -> None:
         self._max = max_event
@@ -237,6 +268,7 @@ class SSEUsageReader:
         self._skipping = False  # inside an over-long line or event, dropped until it ends
         self._input: int | None = None
         self._output: int | None = None
+        self.final = False
 
     def feed(self, chunk: bytes) -> None:
         start = 0
@@ -287,11 +319,17 @@ class SSEUsageReader:
         self._data.clear()
         if b'"usage"' not in data:
             return
-        input_tokens, output_tokens = _counts(_usage_object(_loads(data)))
+        document = _loads(data)
+        input_tokens, output_tokens = _counts(_usage_object(document))
+        if input_tokens is None and output_tokens is None:
+            return
         if input_tokens is not None:
             self._input = input_tokens
         if output_tokens is not None:
             self._output = output_tokens
+        # Anthropic's `message_start` announces the input and a placeholder output; an OpenAI
+        # chunk that still carries choices reports a running count (continuous usage stats).
+        self.final = document.get("type") != "message_start" and not document.get("choices")
 
     def result(self) -> TokenUsage | None:
         """Usage seen so far, including an event the stream ended without a blank line after."""
@@ -313,12 +351,10 @@ def reader_for(content_type: bytes | str | None) -> UsageReader | None:
         return None
     if isinstance(content_type, str):
         content_type = content_type.encode("latin-1", "replace")
-    kind = _reader_kind(content_type)
+    kind = (_known_kind if len(content_type) <= 128 else _reader_kind)(content_type)
     return None if kind is None else kind()
 
 
-# Responses repeat a handful of content types: each is parsed once.
-@lru_cache(maxsize=256)
 def _reader_kind(content_type: bytes) -> type[UsageReader] | None:
     media = content_type.decode("latin-1").split(";", 1)[0].strip().lower()
     if media == "text/event-stream":
@@ -328,6 +364,10 @@ def _reader_kind(content_type: bytes) -> type[UsageReader] | None:
     ):
         return JSONUsageReader
     return None
+
+
+# Responses repeat a handful of content types: each short one is parsed once.
+_known_kind = lru_cache(maxsize=256)(_reader_kind)
 
 
 def usage_from_sse(stream: bytes) -> TokenUsage | None:

@@ -6,7 +6,6 @@ a check or two.
 
 from __future__ import annotations
 
-from contextvars import ContextVar
 from typing import TYPE_CHECKING, Final
 
 from opentelemetry.trace import Status, StatusCode
@@ -36,15 +35,9 @@ if TYPE_CHECKING:
 _IDENTITY_LAYER: Final = "IdentityMiddleware"
 _USAGE_LAYER: Final = "UserRateLimit"
 
-# The request being served in this task, for llm_tokens() called without its scope: a usage
-# record then names the request's route, model and conversation. Set once per request; a task
-# outlives its request only in tests, and the identity check below keeps a stale one out.
-_request_scope: ContextVar[Scope | None] = ContextVar("asgi_identity.request", default=None)
-
 
 def authenticated(scope: Scope, identity: Identity) -> None:
     """IdentityMiddleware authenticated the request as `identity`."""
-    _request_scope.set(scope)
     state = _config.current
     counters = state.counters
     entry = None
@@ -121,8 +114,8 @@ def llm_tokens(
 ) -> None:
     """LLM tokens settled for `identity` (from the response's usage or reported by the app).
 
-    `scope`: the request they were used by (default: the one this task serves, if `identity`
-    is its identity), for the audit's usage record.
+    `scope`: the request they were used by, for the audit's usage record (its route, model and
+    conversation); None for usage charged outside a request.
     """
     counters = _config.current.counters
     if (input_tokens > 0 or output_tokens > 0) and not counters.metrics_off():
@@ -131,8 +124,4 @@ def llm_tokens(
     if span is not None:
         span.set_attributes({ATTR_USAGE_INPUT: input_tokens, ATTR_USAGE_OUTPUT: output_tokens})
     if input_tokens > 0 or output_tokens > 0:
-        if scope is None:
-            current = _request_scope.get()
-            if current is not None and current.get(SCOPE_KEY) is identity:
-                scope = current
         record_usage(scope, _USAGE_LAYER, identity, input_tokens, output_tokens)
