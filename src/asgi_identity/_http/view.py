@@ -167,6 +167,11 @@ class RequestView:
         return self._fields, receive
 
     @property
+    def read_fields(self) -> BodyFields | None:
+        """The body's fields when a layer has read them (never reads the body itself)."""
+        return self._fields if isinstance(self._fields, BodyFields) else None
+
+    @property
     def body_size(self) -> int:
         """Bytes of body read so far (0 when no layer read it)."""
         return 0 if self._body is None else self._body.size
