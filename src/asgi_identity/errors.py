@@ -20,6 +20,8 @@ STATUS_BY_CODE: Final[Mapping[str, int]] = {
     "email_unverified": 403,
     "invalid_group": 400,
     "policy_denied": 403,
+    "insufficient_scope": 403,
+    "session_not_found": 404,
     "request_too_large": 413,
     "rate_limited": 429,
     "token_quota_exceeded": 429,
@@ -33,10 +35,14 @@ _TYPE_BY_STATUS: Final[Mapping[int, str]] = {
     400: "invalid_request_error",
     401: "authentication_error",
     403: "permission_error",
+    404: "not_found_error",
     413: "invalid_request_error",
     429: "rate_limit_error",
     503: "service_unavailable_error",
 }
+
+#: Where send_error() leaves the refusal it sends, for an outer layer that renders it differently.
+REFUSAL_KEY: Final = "asgi_identity.refusal"
 
 _REALM_CODES: Final = frozenset({"missing_credentials", "invalid_token", "invalid_api_key"})
 
@@ -47,7 +53,7 @@ class IdentityError(Exception):
     `message` is shown to the client as is, so it must never contain a credential.
     """
 
-    __slots__ = ("code", "detail", "headers", "message", "status")
+    __slots__ = ("code", "detail", "headers", "jsonrpc_code", "message", "status")
 
     def __init__(
         self,
@@ -56,6 +62,7 @@ class IdentityError(Exception):
         *,
         headers: Sequence[tuple[str, str]] = (),
         detail: str | None = None,
+        jsonrpc_code: int | None = None,
     ) -> None:
         if code not in STATUS_BY_CODE:
             raise ValueError(f"unknown error code {code!r}")
@@ -66,6 +73,9 @@ class IdentityError(Exception):
         self.headers = tuple(headers)
         # For logs, span events and audit records only; never sent to the client.
         self.detail = detail
+        # The JSON-RPC error code when the refusal is answered as a JSON-RPC error (MCP), when it
+        # is more precise than the one its status gives (e.g. -32020, header/body mismatch).
+        self.jsonrpc_code = jsonrpc_code
 
     @property
     def type(self) -> str:
@@ -132,6 +142,9 @@ async def send_error(
     body, content_type = (renderer or render_json)(error)
     headers = _response_headers(error, body, content_type)
     if scope["type"] == "http":
+        # An outer layer that answers refusals in another shape (MCPResourceServer: JSON-RPC on
+        # the MCP endpoint) learns here which response is a refusal, and which one.
+        scope[REFUSAL_KEY] = error
         await send({"type": "http.response.start", "status": error.status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
         return

@@ -123,8 +123,8 @@ class RequestView:
     @property
     def model(self) -> str | None:
         """The `model` the body (a WebSocket's query) names, once a layer has read it."""
-        fields = self._fields
-        return fields.model if isinstance(fields, BodyFields) else None
+        fields = self.read_fields
+        return fields.model if fields is not None else None
 
     @property
     def responder(self) -> Responder:
@@ -198,6 +198,11 @@ class RequestView:
         ]
         if self.content_length is not None:
             self.content_length = len(body)
+
+    @property
+    def read_fields(self) -> BodyFields | None:
+        """The body's fields when a layer has read them (never reads the body itself)."""
+        return self._fields if isinstance(self._fields, BodyFields) else None
 
     @property
     def body_size(self) -> int:

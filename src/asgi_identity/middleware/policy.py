@@ -48,6 +48,7 @@ class RoutePolicy:
         "_default_error",
         "_detail",
         "_errors",
+        "_step_up",
         "_too_large",
         "app",
         "default",
@@ -136,6 +137,11 @@ class RoutePolicy:
         )
 
         self._detail = f"unreadable body on a route with model rules{suffix}"
+        self._step_up = {
+            rule.id: step_up_error(rule.id, rule.step_up, rule.message, suffix)
+            for rule in self.rules.rules
+            if rule.step_up
+        }
 
     async def __call__(self, scope: AnyScope, receive: AnyReceive, send: AnySend) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -151,7 +157,7 @@ class RoutePolicy:
         decided: CompiledRule | None = None
         fields: BodyFields | None = None
         for rule in self.rules.matching(identity, view.method, view.path):
-            if rule.model_patterns is not None:
+            if rule.needs_body:
                 if fields is None:
                     read, receive = await view.fields(receive, self.max_body)
                     if isinstance(read, BodyError):
@@ -166,8 +172,15 @@ class RoutePolicy:
                             return
                         read = NO_MODEL
                     fields = read
-                if not rule.matches_model(fields.model):
+                if not rule.matches_message(fields):
                     continue
+            if rule.step_up:
+                # A requirement, not a grant: with every scope it names, the next rules decide.
+                if identity.scopes.issuperset(rule.step_up):
+                    continue
+                if await self.policy.refuse(self._step_up[rule.id], scope, receive, send):
+                    return
+                continue
             decided = rule
             break
 
@@ -190,17 +203,49 @@ class RoutePolicy:
         return IdentityError("invalid_request", str(error), detail=self._detail)
 
     def decide(
-        self, identity: Identity, method: str, path: str, model: str | None = None
+        self,
+        identity: Identity,
+        method: str,
+        path: str,
+        model: str | None = None,
+        *,
+        mcp_method: str | None = None,
+        name: str | None = None,
+        uri: str | None = None,
     ) -> PolicyDecision:
         """What the policy decides for a request, without sending one (for tests and tooling).
 
         The path is judged in its canonical form, as a request's would be after
-        `path_policy="normalize"`; the method exactly as given.
+        `path_policy="normalize"`; the method exactly as given. `mcp_method`, `name` and `uri`
+        are the JSON-RPC message's (`tools/call` and the tool's name).
         """
+        fields = BodyFields(
+            {"model": model, "method": mcp_method, "params": {"name": name, "uri": uri}}
+        )
         for rule in self.rules.matching(identity, method, canonical_path(path)):
-            if rule.matches_model(model):
-                return PolicyDecision(rule.id, rule.effect == "allow", self.version)
+            if not rule.matches_message(fields):
+                continue
+            if rule.step_up:
+                if identity.scopes.issuperset(rule.step_up):
+                    continue
+                return PolicyDecision(rule.id, False, self.version)
+            return PolicyDecision(rule.id, rule.effect == "allow", self.version)
         return PolicyDecision(DEFAULT_RULE_ID, self.default == "allow", self.version)
+
+
+def step_up_error(
+    rule_id: str, scopes: Sequence[str], message: str | None, suffix: str
+) -> IdentityError:
+    """403 `insufficient_scope` naming every scope the request needs, in one challenge (RFC 6750
+    §3.1): a client re-authorizes with them and retries."""
+    needed = " ".join(scopes)
+    text = message or f"This request needs the scope(s) {needed}."
+    return IdentityError(
+        "insufficient_scope",
+        f"{text} (rule '{rule_id}')",
+        headers=[("www-authenticate", f'Bearer error="insufficient_scope", scope="{needed}"')],
+        detail=f"rule {rule_id} needs {needed}{suffix}",
+    )
 
 
 def _denial_message(rule_id: str, message: str | None) -> str:

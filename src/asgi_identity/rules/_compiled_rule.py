@@ -6,6 +6,7 @@ import fnmatch
 import re
 from collections.abc import Collection
 
+from asgi_identity._http.body import BodyFields
 from asgi_identity.identity import Identity
 from asgi_identity.rules._rule import Rule
 
@@ -19,14 +20,17 @@ class CompiledRule:
         "effect",
         "groups",
         "id",
+        "mcp_patterns",
         "message",
         "methods",
         "model_patterns",
         "models",
+        "needs_body",
         "roles",
         "rule",
         "scopes",
         "sources",
+        "step_up",
         "tenants",
         "users",
         "without_groups",
@@ -63,6 +67,20 @@ class CompiledRule:
             if rule.models
             else None
         )
+        # MCP conditions: (the JSON-RPC field judged, the method it belongs to, its pattern).
+        # Tool, prompt and resource names compare exactly, as MCP servers look them up.
+        self.mcp_patterns = tuple(
+            (field, method, re.compile("|".join(fnmatch.translate(p) for p in patterns)))
+            for field, method, patterns in (
+                ("rpc_method", None, rule.mcp_methods),
+                ("rpc_name", "tools/call", rule.tools),
+                ("rpc_name", "prompts/get", rule.prompts),
+                ("rpc_uri", "resources/read", rule.resources),
+            )
+            if patterns
+        )
+        self.needs_body = self.model_patterns is not None or bool(self.mcp_patterns)
+        self.step_up = tuple(rule.step_up)
 
     def matches_identity(self, identity: Identity) -> bool:
         if self.sources is not None and identity.source not in self.sources:
@@ -91,6 +109,18 @@ class CompiledRule:
         if self.model_patterns is None:
             return True
         return model is not None and self.model_patterns.fullmatch(model.lower()) is not None
+
+    def matches_message(self, fields: BodyFields) -> bool:
+        """The body's model and JSON-RPC message hold this rule's model and MCP conditions."""
+        if not self.matches_model(fields.model):
+            return False
+        for field, method, pattern in self.mcp_patterns:
+            if method is not None and fields.rpc_method != method:
+                return False
+            value: str | None = getattr(fields, field)
+            if value is None or pattern.fullmatch(value) is None:
+                return False
+        return True
 
 
 def _set_or_none(values: Collection[str]) -> frozenset[str] | None:

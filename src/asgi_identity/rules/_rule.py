@@ -19,6 +19,11 @@ _METHODS: Final = frozenset(
 _PARAM: Final = re.compile(r"\{[A-Za-z_][A-Za-z0-9_]*\}")
 _RULE_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/@+-]{0,127}")
 
+# Conditions that are glob patterns, kept in the order written.
+_PATTERN_FIELDS: Final = frozenset(
+    {"paths", "models", "tools", "mcp_methods", "resources", "prompts"}
+)
+
 #: The rule id named in a refusal when no rule matched and the default is deny.
 DEFAULT_RULE_ID: Final = "default"
 
@@ -59,6 +64,11 @@ class Rule:
     without_groups: Collection[str] = ()
     agent: bool | None = None
     message: str | None = None
+    tools: Collection[str] = ()
+    mcp_methods: Collection[str] = ()
+    resources: Collection[str] = ()
+    prompts: Collection[str] = ()
+    step_up: Collection[str] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.id, str) or not _RULE_ID.fullmatch(self.id):
@@ -76,6 +86,10 @@ class Rule:
             raise TypeError(f"rule {self.id!r}: agent must be true, false or absent")
         if self.message is not None and not isinstance(self.message, str):
             raise TypeError(f"rule {self.id!r}: message must be a string")
+        if self.step_up and self.effect != "allow":
+            raise ValueError(
+                f"rule {self.id!r}: a step_up rule asks for more scopes; it cannot also deny"
+            )
         for f in fields(self):
             if f.name in ("id", "effect", "agent", "message"):
                 continue
@@ -94,7 +108,11 @@ class Rule:
                     raise ValueError(
                         f"rule {self.id!r}: unknown source(s) {unknown}; use {sorted(_SOURCES)}"
                     )
-            keep_order = f.name in ("paths", "models")
+            elif f.name == "step_up":
+                bad = [v for v in values if any(c in v for c in ' "\\')]
+                if bad:
+                    raise ValueError(f"rule {self.id!r}: step_up holds invalid scope(s) {bad}")
+            keep_order = f.name in _PATTERN_FIELDS or f.name == "step_up"
             object.__setattr__(self, f.name, values if keep_order else frozenset(values))
 
 
