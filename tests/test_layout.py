@@ -15,9 +15,6 @@ import pytest
 PACKAGE = Path(__file__).parents[1] / "src" / "asgi_identity"
 MAX_LINES = 300
 
-# Being split in the 0.2 layout work (by the other worktrees; empty this on merge): the file,
-# and the piece of that work it belongs to.
-
 
 def source_files() -> list[Path]:
     return sorted(PACKAGE.rglob("*.py"))
