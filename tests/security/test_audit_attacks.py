@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Literal
 
 import pytest
-from tests.audit._audit_support import (
+
+from _audit_support import (
     SIGNING_KEY,
     decision,
     key_files,
@@ -20,7 +21,6 @@ from tests.audit._audit_support import (
     run_cli,
     write_audit,
 )
-
 from asgi_identity.audit import AuditFile, verify_audit
 from asgi_identity.audit._chain import canonical
 from asgi_identity.audit._keys import signing_key_pem

@@ -11,8 +11,8 @@ import json
 from typing import Any
 
 import pytest
-from tests._asgi import Reply, request
 
+from _asgi import Reply, request
 from asgi_identity import JWTIssuer, Rule
 from asgi_identity.mcp import MCPResourceServer, mcp_stack
 from asgi_identity.testing import LocalIssuer
@@ -186,12 +186,6 @@ async def test_huge_params_are_refused_before_the_app() -> None:
     assert app.seen == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FINDING: a tools/call whose params.name is not a string (or whose params is an "
-    "array) is read as 'no tool name': every tools=/step_up rule is skipped and the message "
-    "reaches the app under the default, unlike a non-string model, which is refused",
-)
 @pytest.mark.parametrize(
     "body",
     [
@@ -237,12 +231,6 @@ async def test_a_base64_header_that_agrees_passes() -> None:
     assert reply.status == 200
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FINDING: two Mcp-Name (or Mcp-Method) headers: MCPGuard compares only the last one "
-    "with the body and passes both on, while Starlette's headers.get() and most proxies read "
-    "the first; it refuses two Mcp-Session-Id headers but not these",
-)
 @pytest.mark.parametrize(
     "extra",
     [
@@ -287,12 +275,6 @@ async def test_another_principal_gets_404_on_a_session(method: str, intruder: An
     assert len(app.seen) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FINDING: the session principal is (source, issuer, user_id or client_id): a token "
-    "without sub whose client id (azp/client_id) equals a user's sub is that user, and drives "
-    "the user's session",
-)
 async def test_a_client_named_like_a_user_is_not_that_user() -> None:
     app = FakeMCP()
     stack = build(app)
@@ -333,12 +315,6 @@ async def test_two_session_ids_are_refused() -> None:
     assert reply.status == 400
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FINDING: a session binding pushed out of the bounded table (max_sessions, LRU) "
-    "fails open: the session id is then usable by any principal, and anyone can open sessions "
-    "until the victim's binding is evicted",
-)
 async def test_an_evicted_binding_does_not_hand_the_session_to_anyone() -> None:
     app = FakeMCP()
     stack = build(app, guard={"max_sessions": 2})
@@ -403,12 +379,6 @@ async def test_a_step_up_keeps_403_for_notifications_and_null_ids(mode: str) -> 
         assert "error" in reply.json
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FINDING: refusal_status 'jsonrpc'/'tool_result' answer a refused notification "
-    "(no id) with 200; MCP says a notification the server does not accept gets an HTTP error "
-    "status (200 + error with id null is a response to no request)",
-)
 @pytest.mark.parametrize("mode", ["jsonrpc", "tool_result"])
 async def test_a_refused_notification_keeps_an_error_status(mode: str) -> None:
     stack = build(FakeMCP(), refusal_status=mode)
@@ -417,11 +387,6 @@ async def test_a_refused_notification_keeps_an_error_status(mode: str) -> None:
     assert reply.status == 403
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FINDING: a JSON-RPC id of true/false is taken for an integer (bool is an int in "
-    "Python) and echoed as the id; JSON-RPC ids are strings, numbers or null",
-)
 async def test_a_boolean_id_is_not_echoed() -> None:
     reply = await post(build(FakeMCP()), viewer(), rpc(rpc_id=True, name="delete_repo"))
     assert reply.json["id"] is None

@@ -164,6 +164,7 @@ class BodyFields:
         "rpc_id",
         "rpc_method",
         "rpc_name",
+        "rpc_notification",
         "rpc_uri",
         "stream",
     )
@@ -179,6 +180,7 @@ class BodyFields:
         self.rpc_id: str | int | None = None
         self.rpc_name: str | None = None
         self.rpc_uri: str | None = None
+        self.rpc_notification = False  # a JSON-RPC message without an `id` member
         self.is_object = isinstance(document, dict)
         if not self.is_object:
             return
@@ -210,14 +212,25 @@ class BodyFields:
         options = doc.get("stream_options")
         self.include_usage = isinstance(options, dict) and options.get("include_usage") is True
         if "method" in present:
-            method, rpc_id = doc["method"], doc.get("id")
-            self.rpc_method = method if isinstance(method, str) else None
-            self.rpc_id = rpc_id if isinstance(rpc_id, str | int) else None
-            params = doc.get("params")
-            if isinstance(params, dict):
-                name, uri = params.get("name"), params.get("uri")
-                self.rpc_name = name if isinstance(name, str) else None
-                self.rpc_uri = uri if isinstance(uri, str) else None
+            self._rpc(doc)
+
+    def _rpc(self, doc: dict[str, Any]) -> None:
+        method, rpc_id = doc["method"], doc.get("id")
+        self.rpc_method = method if isinstance(method, str) else None
+        # JSON-RPC ids are strings or numbers; a boolean is neither (Python counts it an int).
+        self.rpc_id = rpc_id if type(rpc_id) in (str, int) else None
+        self.rpc_notification = "id" not in doc
+        params = doc.get("params")
+        if params is None:
+            return
+        name, uri = (params.get("name"), params.get("uri")) if isinstance(params, dict) else (0, 0)
+        if not isinstance(params, dict) or (name is not None and not isinstance(name, str)):
+            # A tool rule must never read "no tool" where the app may read one: fail closed.
+            self.problem = "The JSON-RPC params must be an object and its name a string."
+        elif uri is not None and not isinstance(uri, str):
+            self.problem = "The JSON-RPC params' uri must be a string."
+        self.rpc_name = name if isinstance(name, str) else None
+        self.rpc_uri = uri if isinstance(uri, str) else None
 
     def _multiplier(self, doc: dict[str, Any], field: str) -> int | None:
         if field not in doc or doc[field] is None:

@@ -27,11 +27,16 @@ def jsonrpc_code(error: IdentityError) -> int:
     return INVALID_REQUEST if error.status == 400 else SERVER_ERROR
 
 
-def keeps_status(error: IdentityError, method: str) -> bool:
+def keeps_status(error: IdentityError, method: str, notification: bool = False) -> bool:
     """Refusals whose HTTP status the client acts on keep it in every refusal_status: 401 and
     403 `insufficient_scope` start the OAuth flow, 404 ends a session; a GET or DELETE is not
-    a JSON-RPC message at all."""
-    return method != "POST" or error.status in (401, 404) or error.code == "insufficient_scope"
+    a JSON-RPC message at all, and a refused notification has no response to carry an error."""
+    return (
+        notification
+        or method != "POST"
+        or error.status in (401, 404)
+        or error.code == "insufficient_scope"
+    )
 
 
 def retry_after(headers: Sequence[tuple[bytes, bytes]]) -> int | None:

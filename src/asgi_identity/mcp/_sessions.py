@@ -7,16 +7,18 @@ from typing import Final
 
 from asgi_identity.identity import Identity
 
-#: (source, issuer, subject): who a session belongs to. Never the token's bytes, so a refreshed
-#: token (new bytes, same person) keeps its session.
-Principal = tuple[str, str | None, str | None]
+#: (source, issuer, kind of subject, subject): who a session belongs to. Never the token's bytes,
+#: so a refreshed token (new bytes, same person) keeps its session; a client named like a user
+#: is not that user.
+Principal = tuple[str, str | None, str, str | None]
 
 DEFAULT_MAX_SESSIONS: Final = 100_000
 
 
 def principal_of(identity: Identity) -> Principal:
-    subject = identity.user_id if identity.user_id is not None else identity.client_id
-    return (identity.source, identity.issuer, subject)
+    if identity.user_id is not None:
+        return (identity.source, identity.issuer, "user", identity.user_id)
+    return (identity.source, identity.issuer, "client", identity.client_id)
 
 
 class SessionBindings:

@@ -76,19 +76,25 @@ class MCPGuard:
         principal = principal_of(identity)
         session_ids: list[bytes] = []
         headers: dict[bytes, bytes] = {}
+        repeated = False
         kept = []
         for name, value in scope["headers"]:
             lowered = name.lower()
             if lowered == _SESSION:
                 session_ids.append(value)
             elif lowered in (_METHOD, _NAME):
+                # Readers disagree on which of two wins (the first, the last): refuse both.
+                repeated = repeated or lowered in headers
                 headers[lowered] = value
             if lowered not in self._strip:
                 kept.append((name, value))
         scope["headers"] = kept
 
-        if len(session_ids) > 1:
-            error = IdentityError("invalid_request", "The request names more than one session.")
+        if len(session_ids) > 1 or repeated:
+            error = IdentityError(
+                "invalid_request",
+                "The request repeats the Mcp-Session-Id, Mcp-Method or Mcp-Name header.",
+            )
             if await self.policy.refuse(error, scope, receive, send):
                 return
         session_id = session_ids[0] if session_ids else None
@@ -100,12 +106,9 @@ class MCPGuard:
         if session_id is not None:
             owner = self.sessions.owner(session_id)
             # 404, as for a session that does not exist: another user's session id is never
-            # confirmed to exist, nor usable.
-            if (
-                owner is not None
-                and owner != principal
-                and await self.policy.refuse(_NOT_FOUND, scope, receive, send)
-            ):
+            # confirmed to exist, nor usable; nor is one with no owner on record (never handed
+            # out here, or forgotten past max_sessions): the client starts a new session.
+            if owner != principal and await self.policy.refuse(_NOT_FOUND, scope, receive, send):
                 return
         if problem is not None and await self.policy.refuse(problem, scope, receive, send):
             return

@@ -169,7 +169,8 @@ class _Translator:
         mode = owner.refusal_status
         body = _jsonrpc.render(error, fields, original, as_tool_result=mode == "tool_result")
         status = error.status
-        if mode != "http" and not _jsonrpc.keeps_status(error, scope["method"]):
+        notification = fields is not None and fields.rpc_notification
+        if mode != "http" and not _jsonrpc.keeps_status(error, scope["method"], notification):
             status = 200
         www = _jsonrpc.challenge(error, owner.metadata_url, owner.challenge_scopes)
         headers = _jsonrpc.response_headers(original, body, www)
