@@ -92,7 +92,7 @@ async def test_token_quotas_follow_the_same_bucket(issuer: LocalIssuer) -> None:
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as http:
         for headers in (
-            _as_jwt(issuer, "00u-alice", "alice@acme.com"),
+            _as_jwt(issuer, "00u-alice", "alice@acme.com", email_verified=True),
             _as_backend("alice@acme.com"),
         ):
             response = await http.post(

@@ -41,18 +41,16 @@ _COUNT_FIELDS = (
 
 
 def _absurd(value: Any) -> bool:
-    return (
-        isinstance(value, int | float)
-        and not isinstance(value, bool)
-        and not (0 <= value <= MAX_TOKENS)
-    )
+    # Present but not a count (out of range, a string, a float, a bool): the object is not one.
+    return value is not None and _count(value) is None
 
 
 def _counts(usage: Any) -> tuple[int | None, int | None]:
     """(input, output) from one `usage` object of any supported shape; None where absent.
 
-    An object with any count out of range is ignored whole (the request keeps its reservation):
-    taking its other counts alone would charge less than was used.
+    An object with any count that is not one (out of range, a string, a float, a bool) is
+    ignored whole (the request keeps its reservation): taking its other counts alone would
+    charge less than was used.
     """
     # Parsed JSON objects are dicts: the exact type check spares the ABC check.
     if type(usage) is not dict and not isinstance(usage, Mapping):

@@ -137,7 +137,9 @@ class JSONUsageReader:
             found = _top_level_usage(data)
             if found is not None:
                 return found
-            found = usage_from_json(_loads(data))
-            if found is not None:
-                return found
+            document = _loads(data)
+            if document is not None:
+                # A whole JSON document says where its usage is: never a `usage` key nested in
+                # what the client wrote (a tool's parameter schema the response echoes).
+                return usage_from_json(document)
         return _usage_in_fragment(data)

@@ -162,14 +162,15 @@ def named_bucket(identity: Identity, bucket_by: BucketBy) -> tuple[str, ...] | N
     """The bucket `bucket_by` names for a non-anonymous identity, None for the user-id bucket.
 
     By email, whatever the credential path (a token, a backend's X-User-Email): one person, one
-    bucket. A token that says its email is unverified keeps its own bucket: anyone could write
-    that address.
+    bucket. Only an address that is vouched for joins it: a token's with `email_verified: true`,
+    or one a trusted backend asserted. A token that says nothing about it, or says it is
+    unverified, keeps its own bucket: anyone could write that address.
     """
     if bucket_by == "user_id":
         return None
     if bucket_by == "email":
         email = identity.email
-        if email is None or identity.email_verified is False:
+        if email is None or not (identity.email_verified is True or identity.source == "header"):
             return None
         return ("email", _part(email.lower()))
     assert callable(bucket_by)
