@@ -134,5 +134,8 @@ class UsageMeter:
             return found.total_tokens
         # No final usage: none in the response, or a stream cut before its last event (a
         # client that hangs up, an upstream that fails). What may have been generated is the
-        # reservation; a count announced on the way is charged when it is more.
-        return max(reservation.estimate, 0 if found is None else found.total_tokens)
+        # reservation; a count announced on the way, or the events that reached the client (a
+        # token each at least), are charged when they are more.
+        announced = 0 if found is None else found.total_tokens
+        delivered = 0 if reader is None else reader.delivered
+        return max(reservation.estimate, announced, delivered)

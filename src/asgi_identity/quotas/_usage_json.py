@@ -109,6 +109,8 @@ class JSONUsageReader:
 
     #: A body's usage is its last word: found at all, it is final.
     final = True
+    #: A JSON body counts nothing delivered on the way (see SSEUsageReader.delivered).
+    delivered = 0
 
     def __init__(self, tail: int = DEFAULT_JSON_TAIL) -> None:
         self._tail = tail

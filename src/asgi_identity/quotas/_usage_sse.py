@@ -19,7 +19,7 @@ class SSEUsageReader:
     `message_start`, a chunk still carrying choices).
     """
 
-    __slots__ = ("_data", "_input", "_line", "_max", "_output", "_skipping", "final")
+    __slots__ = ("_data", "_input", "_line", "_max", "_output", "_skipping", "delivered", "final")
 
     def __init__(self, max_event: int = DEFAULT_MAX_EVENT) -> None:
         self._max = max_event
@@ -29,6 +29,9 @@ class SSEUsageReader:
         self._input: int | None = None
         self._output: int | None = None
         self.final = False
+        #: Events that reached the client: each carries at least one token of output, so a stream
+        #: cut before its usage is charged no less than this.
+        self.delivered = 0
 
     def feed(self, chunk: bytes) -> None:
         start = 0
@@ -77,6 +80,8 @@ class SSEUsageReader:
     def _dispatch(self) -> None:
         data = bytes(self._data)
         self._data.clear()
+        if data and data != b"[DONE]":
+            self.delivered += 1
         if b'"usage"' not in data:
             return
         document = _loads(data)
