@@ -29,6 +29,15 @@ class FetchError(Exception):
         self.reached = reached
 
 
+class IssuerMismatch(FetchError):
+    """The discovery document names another issuer: a configuration error, not an outage."""
+
+    def __init__(self, named: Any) -> None:
+        super().__init__("discovery document names a different issuer")
+        # Only a string is shown (shortened): the document comes from the network.
+        self.named = named[:200] if isinstance(named, str) else f"a {type(named).__name__}"
+
+
 def is_loopback(host: str) -> bool:
     if host.lower() in _LOOPBACK_NAMES:
         return True
