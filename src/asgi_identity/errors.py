@@ -20,6 +20,7 @@ STATUS_BY_CODE: Final[Mapping[str, int]] = {
     "email_unverified": 403,
     "invalid_group": 400,
     "policy_denied": 403,
+    "cross_site_request": 403,
     "request_too_large": 413,
     "rate_limited": 429,
     "token_quota_exceeded": 429,
