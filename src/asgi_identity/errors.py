@@ -20,6 +20,7 @@ STATUS_BY_CODE: Final[Mapping[str, int]] = {
     "email_unverified": 403,
     "invalid_group": 400,
     "policy_denied": 403,
+    "cross_site_request": 403,
     "insufficient_scope": 403,
     "session_not_found": 404,
     "request_too_large": 413,

@@ -62,11 +62,18 @@ class Identity:
     api_key: APIKey | None = None
     conversation_id: str | None = None
     claims: Mapping[str, Any] = field(default_factory=lambda: _EMPTY, repr=False, compare=False)
+    #: The token names only an OAuth client (client credentials), no person behind it.
+    client_only: bool = False
 
     @property
     def has_user(self) -> bool:
-        """A person is identified: by a verified token or a trusted email header, not only a key."""
+        """A verified token or a trusted email header names someone, not only an API key."""
         return self.source == "jwt" or self.source == "header"
+
+    @property
+    def is_person(self) -> bool:
+        """A human is behind the request: not only an API key, nor a client's own token."""
+        return (self.source == "jwt" and not self.client_only) or self.source == "header"
 
     @property
     def subject(self) -> str | None:

@@ -10,7 +10,7 @@ import argparse
 import re
 import sys
 from collections.abc import Callable, Sequence
-from typing import TextIO
+from typing import NoReturn, TextIO
 
 from asgi_identity import __version__
 from asgi_identity.cli._audit import add_audit_commands
@@ -37,27 +37,46 @@ __all__ = [
 ]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, except that a value it cannot place is never repeated (it may be a secret)."""
+
+    def error(self, message: str) -> NoReturn:
+        message = _QUOTED_VALUE.sub(r"\1", message)
+        super().error(message)
+
+
+# "invalid choice: 'x' (choose from ...)", "invalid int value: 'x'": argparse quotes the value.
+_QUOTED_VALUE = re.compile(r"(invalid (?:choice|\w+ value)): '.*?'(?= \(choose from|$)", re.S)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="asgi-identity",
         description="API keys, development tokens, key sets and audit files for asgi-identity.",
         epilog="Exit codes: 0 ok, 1 verification failed, 2 bad usage or input, "
         "3 keys or files could not be read.",
+        # No prefix of an option is taken for it: `verify --jwks SECRET` or `--key SECRET`
+        # would otherwise land in whatever option it abbreviates, and may be echoed from there.
+        allow_abbrev=False,
     )
     parser.add_argument("--version", action="version", version=f"asgi-identity {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    keygen = commands.add_parser("keygen", help="make a new API key and print its SHA-256 digest")
+    keygen = commands.add_parser(
+        "keygen", help="make a new API key and print its SHA-256 digest", allow_abbrev=False
+    )
     keygen.add_argument("--id", default="my-app", help="the record id shown in the snippet")
     keygen.add_argument("--tenant", help="tenant for the JSON record")
     keygen.add_argument("--group", help="group (tier) for the JSON record")
     keygen.add_argument("--json", action="store_true", help="print the key and a record as JSON")
     keygen.set_defaults(handler=cmd_keygen)
 
-    hash_ = commands.add_parser("hash", help="print the digest of a key read from standard input")
+    hash_ = commands.add_parser(
+        "hash", help="print the digest of a key read from standard input", allow_abbrev=False
+    )
     hash_.set_defaults(handler=cmd_hash)
 
-    mint = commands.add_parser("mint", help="sign a development token")
+    mint = commands.add_parser("mint", help="sign a development token", allow_abbrev=False)
     mint.add_argument("--key", metavar="PEM", help="private key file (default: generate one)")
     mint.add_argument("--key-out", metavar="FILE", help="save the generated private key here")
     mint.add_argument("--jwks-out", metavar="FILE", help="write the public key set here")
@@ -75,12 +94,16 @@ def build_parser() -> argparse.ArgumentParser:
     mint.add_argument("--lifetime", type=int, default=3600, help="seconds until exp (3600)")
     mint.set_defaults(handler=cmd_mint)
 
-    jwks = commands.add_parser("jwks", help="fetch and inspect an issuer's key set")
+    jwks = commands.add_parser(
+        "jwks", help="fetch and inspect an issuer's key set", allow_abbrev=False
+    )
     jwks.add_argument("source", help="JWKS URL, issuer URL (discovery is followed) or file")
     jwks.add_argument("--json", action="store_true", help="print the key set itself")
     jwks.set_defaults(handler=cmd_jwks)
 
-    verify = commands.add_parser("verify", help="verify a token and say exactly why it fails")
+    verify = commands.add_parser(
+        "verify", help="verify a token and say exactly why it fails", allow_abbrev=False
+    )
     verify.add_argument("token", help="the token, or - to read it from standard input")
     verify.add_argument("--issuer", help="expected iss")
     verify.add_argument(

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, Final, TypeAlias
 
-from asgi_identity.credentials.email import EmailAddress, parse_email
+from asgi_identity.credentials.email import parse_signed_email
 from asgi_identity.identity import Actor
 
 #: One claim path, or several tried in order (single values) / merged (roles and scopes).
@@ -19,7 +19,7 @@ MAX_ACTOR_DEPTH: Final = 8
 _FROZEN_DEPTH: Final = 32
 # Addresses already parsed: every new token of a person (a refresh, a new session) carries the
 # same one. Emptied when full, so there is no eviction order to keep per token.
-_PARSED_EMAILS: dict[str, EmailAddress] = {}
+_PARSED_EMAILS: dict[str, tuple[str, str | None]] = {}
 _PARSED_EMAILS_SIZE: Final = 4096
 
 
@@ -140,11 +140,12 @@ def actor_chain(value: Any, depth: int = 1) -> Actor:
     )
 
 
-def email_address(raw: str) -> EmailAddress:
+def email_address(raw: str) -> tuple[str, str | None]:
+    """(address, domain or None) of a signed email claim; see `parse_signed_email`."""
     parsed = _PARSED_EMAILS.get(raw)
     if parsed is None:
-        # ValueError for a malformed (or too long) address: not kept.
-        parsed = parse_email(raw)
+        # ValueError for what is not an address at all (or too long): not kept.
+        parsed = parse_signed_email(raw)
         if len(_PARSED_EMAILS) >= _PARSED_EMAILS_SIZE:
             _PARSED_EMAILS.clear()
         _PARSED_EMAILS[raw] = parsed

@@ -29,6 +29,15 @@ class FetchError(Exception):
         self.reached = reached
 
 
+class IssuerMismatch(FetchError):
+    """The discovery document names another issuer: a configuration error, not an outage."""
+
+    def __init__(self, named: Any) -> None:
+        super().__init__("discovery document names a different issuer")
+        # Only a string is shown (shortened): the document comes from the network.
+        self.named = named[:200] if isinstance(named, str) else f"a {type(named).__name__}"
+
+
 def is_loopback(host: str) -> bool:
     if host.lower() in _LOOPBACK_NAMES:
         return True
@@ -48,14 +57,17 @@ def check_url(url: str, what: str) -> None:
     if parts.scheme == "http" and parts.hostname and is_loopback(parts.hostname):
         return
     raise ValueError(
-        f"{what} must be an https:// URL (plain http is allowed only for loopback hosts): {url!r}"
+        f"{what} must be an https:// URL (plain http is allowed only for loopback hosts): "
+        f"{log_url(url)!r}"
     )
 
 
 def log_url(url: str) -> str:
-    # A query string may carry a signature or an access key: keep it out of the logs.
+    # A query string may carry a signature or an access key, and the user part a password:
+    # keep them out of logs and errors.
     parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}{parts.path}"
+    netloc = parts.netloc.rpartition("@")[2]
+    return f"{parts.scheme}://{netloc}{parts.path}"
 
 
 class _NoRedirects(urllib.request.HTTPRedirectHandler):

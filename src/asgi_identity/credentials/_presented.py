@@ -44,8 +44,11 @@ class Presented:
         "cookie_tokens",
         "dropped",
         "emails",
+        "fetch_sites",
         "groups",
         "headers",
+        "hosts",
+        "origins",
         "preflight",
         "tokens",
         "verified",
@@ -62,6 +65,10 @@ class Presented:
         self.groups: tuple[bytes, ...] = ()
         self.cookie_tokens: tuple[bytes, ...] = ()
         self.conversations: tuple[bytes, ...] = ()
+        # Read only with a token cookie: where a request comes from (`_cross_site`).
+        self.origins: tuple[bytes, ...] = ()
+        self.fetch_sites: tuple[bytes, ...] = ()
+        self.hosts: tuple[bytes, ...] = ()
         self.content_length: bytes | None = None
         self.preflight = False
         #: The request's headers as received, and whether any of them must not reach the app.
@@ -70,9 +77,21 @@ class Presented:
 
 
 # What a header is to HeaderReader, decided once per distinct header name.
-_KEEP, _DROP, _TOKEN, _API_KEY, _EMAIL, _GROUP, _COOKIE, _CONVERSATION, _LENGTH, _PREFLIGHT = range(
-    10
-)
+(
+    _KEEP,
+    _DROP,
+    _TOKEN,
+    _API_KEY,
+    _EMAIL,
+    _GROUP,
+    _COOKIE,
+    _CONVERSATION,
+    _LENGTH,
+    _PREFLIGHT,
+    _ORIGIN,
+    _FETCH_SITE,
+    _HOST,
+) = range(13)
 # Header names remembered with their kind; beyond this many, a name is worked out each time, so
 # a client sending endless made-up names cannot grow the memory.
 _MAX_REMEMBERED_NAMES = 512
@@ -114,6 +133,8 @@ class HeaderReader:
         }
         if token_cookie is not None and not b"cookie".startswith(prefix):
             kinds[b"cookie"] = _COOKIE
+            # Where the request comes from decides whether the cookie may be used.
+            kinds.update({b"origin": _ORIGIN, b"sec-fetch-site": _FETCH_SITE, b"host": _HOST})
         if group_header is not None:
             kinds[group_header] = _GROUP
         kinds[email_header] = _EMAIL
@@ -177,6 +198,12 @@ class HeaderReader:
                 found.content_length = value
             elif kind == _PREFLIGHT:  # kept for the app
                 found.preflight = True
+            elif kind == _ORIGIN:  # kept for the app
+                found.origins += (value,)
+            elif kind == _FETCH_SITE:  # kept for the app
+                found.fetch_sites += (value,)
+            elif kind == _HOST:  # kept for the app
+                found.hosts += (value,)
         return found
 
     def unread(self, headers: Iterable[tuple[bytes, bytes]]) -> Presented:

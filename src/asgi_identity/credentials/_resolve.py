@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 
 from asgi_identity._http.peers import TrustedPeers
+from asgi_identity.credentials._cross_site import CrossSiteCheck
 from asgi_identity.credentials._header_values import bearer_value, header_email, header_group_value
 from asgi_identity.credentials._presented import Presented
 from asgi_identity.credentials.apikeys import APIKey, APIKeyStore
@@ -30,6 +31,7 @@ class Resolver:
         "_allow_anonymous",
         "_anonymous",
         "_bearer_scheme_required",
+        "_cross_site",
         "_default_group",
         "_derived_cache",
         "_email_header_name",
@@ -51,6 +53,7 @@ class Resolver:
         default_group: str | None,
         token_header: bytes,
         email_header_name: str,
+        cross_site: CrossSiteCheck | None = None,
     ) -> None:
         self._verifier = verifier
         self._store = store
@@ -61,6 +64,7 @@ class Resolver:
         self._token_header = token_header
         self._bearer_scheme_required = token_header == b"authorization"
         self._email_header_name = email_header_name
+        self._cross_site = cross_site
         self._anonymous = Identity(source="anonymous", group=default_group)
         self._derived_cache: dict[
             tuple[int, int, str | None], tuple[Identity | None, APIKey | None, Identity]
@@ -71,7 +75,7 @@ class Resolver:
         return self._anonymous
 
     async def identify(self, scope: Scope, presented: Presented) -> Identity:
-        token, bearer_key = self._classify(presented)
+        token, bearer_key = self._classify(scope, presented)
         api_key: bytes | None = None
         if presented.api_keys and self._store is not None:
             if len(presented.api_keys) > 1 or bearer_key is not None:
@@ -167,7 +171,7 @@ class Resolver:
         self._derived_cache[cache_key] = (token, record, derived)
         return derived
 
-    def _classify(self, presented: Presented) -> tuple[str | None, bytes | None]:
+    def _classify(self, scope: Scope, presented: Presented) -> tuple[str | None, bytes | None]:
         """(the JWT, an API key sent as a bearer value) from the token header or cookie."""
         if len(presented.tokens) > 1:
             raise IdentityError(
@@ -193,6 +197,8 @@ class Resolver:
                 raise IdentityError(
                     "ambiguous_credentials", "The request carries the token cookie twice."
                 )
+            if self._cross_site is not None:
+                self._cross_site.refuse(scope, presented)
             value = bearer_value(presented.cookie_tokens[0], scheme_required=False)
             if not looks_like_jwt(value):
                 raise IdentityError("invalid_token", "The token cookie is malformed.")

@@ -87,7 +87,7 @@ class ClaimMap:
             domain = None
             if email is not None:
                 try:
-                    email, _, domain = email_address(email)
+                    email, domain = email_address(email)
                 except ValueError as exc:
                     raise _invalid(f"claim email: {exc}") from None
             actor = None
@@ -96,9 +96,11 @@ class ClaimMap:
                 if value is not ABSENT:
                     actor = actor_chain(value)
                     break
+            user_id = single(claims, paths["user_id"])
+            client_id = single(claims, paths["client_id"])
             return Identity(
                 source="jwt",
-                user_id=single(claims, paths["user_id"]),
+                user_id=user_id,
                 email=email,
                 email_verified=boolean(claims, paths["email_verified"]),
                 domain=domain,
@@ -108,12 +110,26 @@ class ClaimMap:
                 roles=many(claims, paths["roles"], split=False),
                 scopes=many(claims, paths["scopes"], split=True),
                 actor=actor,
-                client_id=single(claims, paths["client_id"]),
+                client_id=client_id,
                 issuer=issuer,
                 claims=freeze_claims(claims),
+                client_only=names_only_a_client(claims, user_id, client_id, email),
             )
         except WrongType as exc:
             raise _invalid(str(exc)) from None
+
+
+def names_only_a_client(
+    claims: Mapping[str, Any], user_id: str | None, client_id: str | None, email: str | None
+) -> bool:
+    """Whether a token names only an OAuth client (client credentials), no person behind it."""
+    # Auth0 says so in `gty`; Entra ID in `idtyp` (an optional claim worth enabling).
+    if claims.get("gty") == "client-credentials" or claims.get("idtyp") == "app":
+        return True
+    if email is not None:
+        return False
+    # Okta, Cognito and most others issue a client's own token with the client as its subject.
+    return user_id is None or user_id == client_id
 
 
 def _invalid(detail: str) -> IdentityError:

@@ -10,6 +10,9 @@ from typing import Any, NamedTuple, cast
 # A plain dot-atom local part (RFC 5322 atext); quoted strings, comments and display names are
 # refused: an identity carries a bare address, not a mail header.
 _LOCAL = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
+# RFC 6531 widens atext with every non-ASCII character; of those, controls, format characters
+# (bidi overrides, zero-width joiners), unassigned, private-use and spaces are still refused.
+_NOT_IN_LOCAL = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zs", "Zl", "Zp"})
 _LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
 _HOST = re.compile(rf"{_LABEL}(?:\.{_LABEL})+")
 MAX_EMAIL_LENGTH = 254
@@ -92,8 +95,23 @@ def normalize_domain(domain: str) -> str:
     return ascii_domain
 
 
-def parse_email(raw: Any) -> EmailAddress:
-    """One plain address (`local@domain`), normalized; ValueError saying what is wrong."""
+def _plain_local(local: str) -> bool:
+    if local.isascii():
+        return _LOCAL.fullmatch(local) is not None
+    for atom in local.split("."):
+        if not atom:
+            return False
+        for ch in atom:
+            if ch.isascii():
+                if not _LOCAL.fullmatch(ch):
+                    return False
+            elif unicodedata.category(ch) in _NOT_IN_LOCAL:
+                return False
+    return True
+
+
+def _split_email(raw: Any) -> tuple[str, str]:
+    """(local part in NFC and lower case, domain as given); ValueError when not an address."""
     if not isinstance(raw, str):
         raise ValueError("email address must be a string")
     # Checked again after IDNA; this first check keeps the work on a huge input small.
@@ -102,17 +120,54 @@ def parse_email(raw: Any) -> EmailAddress:
     if raw.count("@") != 1:
         raise ValueError("email address must contain exactly one @")
     local, _, domain = raw.partition("@")
+    # An internationalized address (RFC 6531) compares in NFC: the same name typed with a
+    # combining accent or a precomposed one is one mailbox.
     if len(local) > MAX_LOCAL_LENGTH:
         raise ValueError("email local part is too long")
-    if not _LOCAL.fullmatch(local):
+    local = unicodedata.normalize("NFC", local)
+    if not _plain_local(local):
         raise ValueError("email local part is empty or not a plain address")
-    domain = normalize_domain(domain)
-    local = local.lower()
+    if not local.isascii():
+        # Lower case can leave a string that is not NFC (a dotted capital I): normalize again.
+        local = unicodedata.normalize("NFC", local.lower())
+        # RFC 6531 keeps RFC 5321's limit in octets.
+        if len(local.encode("utf-8")) > MAX_LOCAL_LENGTH:
+            raise ValueError("email local part is too long")
+        return local, domain
+    return local.lower(), domain
+
+
+def parse_email(raw: Any) -> EmailAddress:
+    """One plain address (`local@domain`), normalized; ValueError saying what is wrong.
+
+    The local part may be internationalized (RFC 6531, kept in NFC); the domain is IDNA-encoded
+    and refused when it is a look-alike (mixed scripts, forms IDNA would rewrite).
+    """
+    local, domain = _split_email(raw)
+    return _joined(local, normalize_domain(domain))
+
+
+def _joined(local: str, domain: str) -> EmailAddress:
     address = f"{local}@{domain}"
     # IDNA makes a Unicode domain longer: the limit holds for the address as it is kept.
     if len(address) > MAX_EMAIL_LENGTH:
         raise ValueError("email address is too long")
     return EmailAddress(address, local, domain)
+
+
+def parse_signed_email(raw: Any) -> tuple[str, str | None]:
+    """(address, domain) of an email claim a trusted issuer signed; ValueError when it is not an
+    address at all. A domain no allowlist can match (a look-alike, a single label, an IP
+    address) gives a None domain, and the address as signed: refusing it is DomainAllowlist's
+    403, not a reason to refuse the person's token."""
+    local, domain = _split_email(raw)
+    try:
+        ascii_domain = normalize_domain(domain)
+    except ValueError:
+        if not domain or any(unicodedata.category(ch) in _NOT_IN_LOCAL for ch in domain):
+            raise
+        return f"{local}@{unicodedata.normalize('NFC', domain).lower()}", None
+    return _joined(local, ascii_domain)[::2]
 
 
 def normalize_domain_pattern(pattern: str) -> str:

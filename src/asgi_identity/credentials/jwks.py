@@ -11,11 +11,17 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from asgi_identity import telemetry
-from asgi_identity.credentials._fetch import FetchError, check_url, fetch_json, log_url
+from asgi_identity.credentials._fetch import (
+    FetchError,
+    IssuerMismatch,
+    check_url,
+    fetch_json,
+    log_url,
+)
 from asgi_identity.credentials._keys import (
     ASYMMETRIC_ALGORITHMS,
     EC_ALGORITHMS,
@@ -29,6 +35,7 @@ from asgi_identity.credentials._keys import (
     key_from_pem,
     keys_from_jwks,
 )
+from asgi_identity.credentials._keyset import KeySet, KeySetUnavailable, KeysRemoved
 
 __all__ = [
     "ASYMMETRIC_ALGORITHMS",
@@ -38,6 +45,7 @@ __all__ = [
     "RSA_ALGORITHMS",
     "KeySet",
     "KeySetUnavailable",
+    "KeysRemoved",
     "PublicKey",
     "RemoteKeySet",
     "VerificationKey",
@@ -50,56 +58,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("asgi_identity.jwks")
-
-
-class KeySetUnavailable(Exception):
-    """No key set was ever loaded and the provider cannot be reached now."""
-
-
-class KeySet:
-    """Keys of one issuer, found by `kid` and algorithm."""
-
-    def __init__(self, keys: Iterable[VerificationKey] = ()) -> None:
-        self._set(tuple(keys))
-
-    def _set(self, keys: tuple[VerificationKey, ...]) -> None:
-        self._all = keys
-        self._by_kid = {key.kid: key for key in keys if key.kid is not None}
-        self._without_kid = tuple(key for key in keys if key.kid is None)
-
-    @property
-    def loaded(self) -> bool:
-        return bool(self._all)
-
-    @property
-    def kids(self) -> tuple[str, ...]:
-        """The `kid`s of the keys held, for messages that say what is there."""
-        return tuple(self._by_kid)
-
-    def _find(self, kid: str | None, algorithm: str) -> VerificationKey | None:
-        if kid is not None:
-            key = self._by_kid.get(kid)
-            if key is not None:
-                return key
-            candidates: tuple[VerificationKey, ...] = self._without_kid
-        else:
-            candidates = self._all
-        # A token without a kid (or a key without one, as a PEM is) matches only when exactly
-        # one key can verify its algorithm: never try several keys in turn.
-        fitting = [key for key in candidates if algorithm in key.algorithms]
-        if len(fitting) == 1:
-            return fitting[0]
-        # The only key there is: returned so that a foreign algorithm is reported as such.
-        return candidates[0] if len(candidates) == 1 else None
-
-    async def find(self, kid: str | None, algorithm: str) -> VerificationKey | None:
-        return self._find(kid, algorithm)
-
-    async def startup(self) -> None:
-        return None
-
-    async def aclose(self) -> None:
-        return None
 
 
 class RemoteKeySet(KeySet):
@@ -140,6 +98,8 @@ class RemoteKeySet(KeySet):
         self._task: asyncio.Task[None] | None = None
         self.fetches = 0
         self.last_error: str | None = None
+        #: Why the provider's answer does not fit the configuration, while it does not.
+        self.configuration_error: str | None = None
 
     @property
     def source(self) -> str:
@@ -172,7 +132,9 @@ class RemoteKeySet(KeySet):
             if self._running_task() is not None or now - self._attempted_at >= self.cooldown:
                 await self._join_refresh()
             if not self._all:
-                raise KeySetUnavailable(self.retry_after())
+                raise KeySetUnavailable(
+                    self.retry_after(), configuration=self.configuration_error is not None
+                )
         elif now - self._fetched_at >= self.ttl and now - self._attempted_at >= self.cooldown:
             # Stale keys keep serving while a fresh copy is fetched: no request waits for it.
             self._start_refresh()
@@ -211,8 +173,9 @@ class RemoteKeySet(KeySet):
             raise FetchError("discovery document is not a JSON object")
         # OpenID Connect Discovery 1.0, section 4.3: the document must name the very issuer
         # it was fetched for, or its keys belong to someone else.
-        if document.get("issuer") != self._issuer:
-            raise FetchError("discovery document names a different issuer")
+        named = document.get("issuer")
+        if named != self._issuer:
+            raise IssuerMismatch(named)
         jwks_uri = document.get("jwks_uri")
         if not isinstance(jwks_uri, str):
             raise FetchError("discovery document has no jwks_uri")
@@ -230,7 +193,11 @@ class RemoteKeySet(KeySet):
             try:
                 url = await self._jwks_location()
                 keys = keys_from_jwks(await self._get(url), self._allowed, strict=False)
+            except IssuerMismatch as exc:
+                self._misconfigured(exc, url)
+                return
             except (FetchError, ValueError) as exc:
+                self.configuration_error = None
                 self.last_error = str(exc)
                 telemetry.record_jwks_fetch("error", self._issuer, error=str(exc))
                 logger.warning(
@@ -256,7 +223,26 @@ class RemoteKeySet(KeySet):
             telemetry.record_jwks_fetch("ok", self._issuer)
         self._set(keys)
         self.last_error = None
+        self.configuration_error = None
         self._fetched_at = time.monotonic()
+
+    def _misconfigured(self, exc: IssuerMismatch, url: str) -> None:
+        error = (
+            f"the discovery document at {log_url(url)} names the issuer {exc.named!r}, but "
+            f"JWTIssuer is configured with issuer={self._issuer!r}"
+        )
+        self.last_error = str(exc)
+        telemetry.record_jwks_fetch("error", self._issuer, error=self.last_error)
+        # Logged once, not at every retry: it stays true until someone changes a configuration.
+        if error != self.configuration_error:
+            logger.error(
+                "asgi_identity: configuration error: %s. OpenID Connect requires them to be "
+                "identical, character for character (a trailing slash, localhost against "
+                "127.0.0.1); set issuer= to the value the provider names. %s",
+                error,
+                "Keeping the last good keys." if self._all else "Tokens of this issuer get 503.",
+            )
+        self.configuration_error = error
 
     async def startup(self) -> None:
         if not self._all:

@@ -17,6 +17,7 @@ from asgi_identity.credentials.jwks import (
     KeySet,
     KeySetUnavailable,
     RemoteKeySet,
+    VerificationKey,
     key_from_pem,
     keys_from_jwks,
 )
@@ -51,7 +52,8 @@ class TokenVerifier:
             raise ValueError("max_token_bytes must be an int of at least 256")
         self.cache_size = cache_size
         self.max_token_bytes = max_token_bytes
-        self._cache: OrderedDict[str, tuple[Identity, float]] = OrderedDict()
+        # token -> (its identity, when the entry expires, the key that verified it)
+        self._cache: OrderedDict[str, tuple[Identity, float, VerificationKey]] = OrderedDict()
         self._issuers: dict[str, CompiledIssuer] = {}
         # Issuers that publish the same JWKS URL (one Entra ID key set serves every tenant)
         # share one cache and one fetch.
@@ -64,6 +66,16 @@ class TokenVerifier:
         self.key_sets: tuple[KeySet, ...] = tuple(
             dict.fromkeys(issuer.keys for issuer in self._issuers.values())
         )
+        for keys in self.key_sets:
+            keys.on_keys_removed(self._forget_tokens_of)
+
+    def _forget_tokens_of(self, removed: tuple[VerificationKey, ...]) -> None:
+        # A token verified with a key its issuer no longer publishes is verified again (and
+        # refused) on its next use, not served from the cache until its own `exp`.
+        gone = {id(key) for key in removed}
+        cache = self._cache
+        for token in [token for token, entry in cache.items() if id(entry[2]) in gone]:
+            del cache[token]
 
     @staticmethod
     def _key_set(config: JWTIssuer, remote: dict[tuple[Any, ...], RemoteKeySet]) -> KeySet:
@@ -106,6 +118,8 @@ class TokenVerifier:
         for keys, result in zip(self.key_sets, results, strict=True):
             if isinstance(result, BaseException) or not keys.loaded:
                 source = keys.source if isinstance(keys, RemoteKeySet) else "static keys"
+                if isinstance(keys, RemoteKeySet) and keys.configuration_error is not None:
+                    continue  # already logged as the configuration error it is
                 logger.warning(
                     "asgi_identity: no keys loaded from %s at start-up; tokens of that issuer "
                     "get 503 until the provider answers",
@@ -171,6 +185,15 @@ class TokenVerifier:
             key = await issuer.keys.find(kid, alg)
         except KeySetUnavailable as exc:
             retry_after = exc.args[0] if exc.args else 1
+            if exc.configuration:
+                raise IdentityError(
+                    "identity_provider_unavailable",
+                    "Tokens cannot be verified because of a configuration error on this server "
+                    "(its identity provider settings); an administrator must correct them.",
+                    headers=[("Retry-After", str(retry_after))],
+                    detail=f"configuration error for {config.issuer}: the discovery document "
+                    "names a different issuer",
+                ) from None
             raise IdentityError(
                 "identity_provider_unavailable",
                 "The identity provider cannot be reached to verify the token; try again shortly.",
@@ -201,9 +224,12 @@ class TokenVerifier:
         for rule, claim in rules.sequence:
             rule(rules, payload, claim, now)
         identity = issuer.claim_map.to_identity(payload, config.issuer)
-        if self.cache_size:
+        # Cached until the token expires, and never longer than its key set is trusted
+        # without a fresh copy; never when a refresh removed the key meanwhile.
+        if self.cache_size and issuer.keys.holds(key):
             cache = self._cache
-            cache[token] = (identity, float(payload["exp"]) + config.leeway)
+            until = min(float(payload["exp"]) + config.leeway, now + issuer.keys.ttl)
+            cache[token] = (identity, until, key)
             if len(cache) > self.cache_size:
                 cache.popitem(last=False)
         return identity

@@ -15,6 +15,7 @@ from asgi_identity._http.headers import MAX_HEADER_VALUE, Headers
 from asgi_identity._http.lifespan import LifespanHooks
 from asgi_identity._http.peers import IPNetwork, TrustedPeers
 from asgi_identity._http.target import PathPolicy
+from asgi_identity.credentials._cross_site import CrossSiteCheck
 from asgi_identity.credentials._forwarded import ForwardedHeaders, IdentityAuth, IdentityUser
 from asgi_identity.credentials._options import build_groups, build_store, build_verifier
 from asgi_identity.credentials._presented import HeaderReader, Presented, cookie_name, header_name
@@ -23,6 +24,7 @@ from asgi_identity.credentials.apikeys import APIKey, APIKeyStore
 from asgi_identity.credentials.tokens import JWTIssuer, TokenVerifier
 from asgi_identity.errors import ErrorRenderer, IdentityError
 from asgi_identity.identity import set_identity
+from asgi_identity.middleware._key_policy import KeyPolicy
 from asgi_identity.middleware._layer import LayerPolicy, Mode
 from asgi_identity.middleware.conversation import ConversationTags
 from asgi_identity.telemetry import events
@@ -57,6 +59,7 @@ class IdentityMiddleware:
         group_header: str | None = "x-user-group",
         token_header: str = AUTHORIZATION,
         token_cookie: str | None = None,
+        allowed_origins: Iterable[str] = (),
         api_key_header: str = "x-api-key",
         email_header: str = "x-user-email",
         max_header_bytes: int = MAX_HEADER_VALUE,
@@ -120,6 +123,15 @@ class IdentityMiddleware:
                 f"prefix {forward_prefix!r}: those headers are removed from every request"
             )
         self._conversation_header = conversation
+        if isinstance(allowed_origins, str):
+            raise TypeError("IdentityMiddleware: allowed_origins must be a list of origins")
+        origins = list(allowed_origins)
+        cross_site = CrossSiteCheck(origins)
+        if origins and token_cookie is None:
+            raise ValueError(
+                "IdentityMiddleware: allowed_origins applies to the token cookie; set "
+                "token_cookie= too, or drop allowed_origins"
+            )
         self._sanitize = bool(sanitize)
         self._reader = HeaderReader(
             token_header=token,
@@ -143,8 +155,12 @@ class IdentityMiddleware:
             default_group=default_group,
             token_header=token,
             email_header_name=email_header,
+            cross_site=cross_site if token_cookie is not None else None,
         )
         self._verifier = verifier
+        # An API key's allowed_domains / enforce_identity=True, when no later layer applies them.
+        key_policy = KeyPolicy(app, keys) if store is not None else None
+        self._key_policy = key_policy if key_policy is not None and key_policy.active else None
         self._forwarded = ForwardedHeaders(prefix) if forward_headers else None
         self._conversations = ConversationTags()
         self._lifespan = (
@@ -190,6 +206,12 @@ class IdentityMiddleware:
                 # span of the request carries its conversation.
                 identity = self._conversations.tag(identity, presented.conversations)
                 events.authenticated(scope, identity)
+                if self._key_policy is not None and identity.api_key is not None:
+                    refused = self._key_policy.check(identity)
+                    if refused is not None and await self._policy.refuse(
+                        refused, scope, receive, send
+                    ):
+                        return
 
         headers = reader.kept(presented)
         if self._sanitize and presented.bearer_is_key:

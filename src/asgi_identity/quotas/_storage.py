@@ -18,6 +18,7 @@ from limits.storage import storage_from_string
 from asgi_identity.quotas._aio import AsyncQuotas
 from asgi_identity.quotas._guard import StorageGuard
 from asgi_identity.quotas._memory import MemoryQuotas
+from asgi_identity.quotas._storage_errors import storage_error
 
 #: The two mirrored adapters: the same methods, the same typed answers.
 Quotas = MemoryQuotas | AsyncQuotas
@@ -37,8 +38,10 @@ def _open_storage(storage: str | Storage, strategy: str) -> tuple[Storage, RateL
         try:
             built = storage_from_string(storage)
         except Exception as exc:
-            raise ValueError(f"UserRateLimit: storage {storage!r}: {exc}") from None
+            raise ValueError(storage_error(storage, exc)) from None
     if not isinstance(built, Storage):
+        if isinstance(storage, str):
+            raise TypeError(storage_error(storage, None))
         raise TypeError(
             "UserRateLimit: storage must be an async storage URI ('async+memory://', "
             "'async+redis://host:6379') or a limits.aio.storage.Storage"
