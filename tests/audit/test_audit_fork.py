@@ -17,8 +17,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from _audit_support import SIGNING_KEY, key_files, parsed, run_cli, write_audit
 
+from _audit_support import SIGNING_KEY, key_files, parsed, run_cli, write_audit
 from asgi_identity import Identity
 from asgi_identity.audit import (
     AuditFile,

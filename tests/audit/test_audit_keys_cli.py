@@ -8,9 +8,9 @@ import stat
 from pathlib import Path
 
 import pytest
-from _audit_support import decision, key_files, run_cli, write_audit
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from _audit_support import decision, key_files, run_cli, write_audit
 from asgi_identity.audit import (
     AuditFile,
     configure_audit,

@@ -10,7 +10,6 @@ from typing import Any
 
 import httpx
 import pytest
-from _audit_support import SIGNING_KEY, parsed
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
 from starlette.applications import Starlette
@@ -18,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from _audit_support import SIGNING_KEY, parsed
 from asgi_identity import APIKey, Identity, hash_api_key, telemetry
 from asgi_identity.audit import (
     AuditFile,

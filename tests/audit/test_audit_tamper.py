@@ -11,6 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from _audit_support import (
     SIGNING_KEY,
     decision,
@@ -21,8 +23,6 @@ from _audit_support import (
     run_cli,
     write_audit,
 )
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 from asgi_identity.audit import AuditFile, key_id, verify_audit
 from asgi_identity.audit._chain import NotCanonical, parse_line
 

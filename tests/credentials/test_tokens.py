@@ -757,3 +757,22 @@ async def test_a_refused_header_is_refused_again_and_memory_stays_bounded(
         assert identity.user_id == "alice"
     assert len(_jws.HEADERS) <= 256
     await refused(v, issuer.mint(headers={"crit": ["exp"], "exp": 1}))
+
+
+async def test_the_verified_token_cache_is_bounded_in_bytes_as_well_as_entries(
+    issuer: LocalIssuer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Large tokens (big claims) must not let 10,000 entries hold tens of megabytes.
+    monkeypatch.setattr(tokens_module, "CACHE_BUDGET", 64 * 1024)
+    verifier = TokenVerifier([JWTIssuer(issuer.issuer, audience=issuer.audience, jwks=issuer.jwks)])
+    padding = "x" * 3000
+    minted = [issuer.mint(sub=f"user-{n}", note=padding) for n in range(40)]
+    for token in minted:
+        assert (await verifier.verify(token)).user_id is not None
+    held = sum(2 * len(token) for token in verifier._cache)
+    assert held <= 64 * 1024
+    assert 0 < len(verifier._cache) < 40
+    # The newest stay; the oldest were let go, and are verified again (not refused) when they come.
+    assert verifier.cached(minted[-1]) is not None
+    assert verifier.cached(minted[0]) is None
+    assert (await verifier.verify(minted[0])).user_id == "user-0"

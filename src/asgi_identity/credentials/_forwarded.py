@@ -7,6 +7,7 @@ import re
 from urllib.parse import quote
 
 from asgi_identity._http.headers import Headers
+from asgi_identity._memo import Memo
 from asgi_identity.identity import Identity
 
 # Forwarded values are percent-encoded (UTF-8) when they hold anything beyond plain printable
@@ -95,8 +96,10 @@ class IdentityAuth:
         return self._scopes
 
 
-# Encoded header sets kept; emptied when full, no eviction bookkeeping.
+# Encoded header sets kept; emptied when full, no eviction bookkeeping. Bounded in bytes too: the
+# values are claims, which a token may make as long as its size limit allows.
 _FORWARD_CACHE_SIZE = 4096
+_FORWARD_CACHE_BYTES = 4 * 1024 * 1024
 
 
 class ForwardedHeaders:
@@ -108,7 +111,9 @@ class ForwardedHeaders:
     def __init__(self, prefix: bytes) -> None:
         self.prefix = prefix
         self._by_identity: dict[int, tuple[Identity, Headers]] = {}
-        self._by_value: dict[tuple[object, ...], Headers] = {}
+        self._by_value: Memo[tuple[object, ...], Headers] = Memo(
+            entries=_FORWARD_CACHE_SIZE, largest=64 * 1024, budget=_FORWARD_CACHE_BYTES
+        )
 
     def of(self, identity: Identity) -> Headers:
         hit = self._by_identity.get(id(identity))
@@ -128,10 +133,10 @@ class ForwardedHeaders:
         encoded = self._by_value.get(values)
         if encoded is None:
             encoded = forwarded_headers(identity, self.prefix)
-            if len(self._by_value) >= _FORWARD_CACHE_SIZE:
-                self._by_value.clear()
-            self._by_value[values] = encoded
-        if len(self._by_identity) >= _FORWARD_CACHE_SIZE:
-            self._by_identity.clear()
-        self._by_identity[id(identity)] = (identity, encoded)
+            # The key's strings and the encoded headers, about twice the encoded size.
+            self._by_value.put(values, encoded, 2 * sum(len(v) for _, v in encoded))
+        by_identity = self._by_identity
+        if len(by_identity) >= _FORWARD_CACHE_SIZE:
+            by_identity.clear()
+        by_identity[id(identity)] = (identity, encoded)
         return encoded

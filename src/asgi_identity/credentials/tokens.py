@@ -32,6 +32,10 @@ logger = logging.getLogger("asgi_identity.tokens")
 DEFAULT_MAX_TOKEN_BYTES: Final = 8192
 
 
+#: About the bytes the verified-token cache may hold, whatever the number of entries.
+CACHE_BUDGET = 16 * 1024 * 1024
+
+
 class TokenVerifier:
     """Verifies bearer JWTs against configured issuers and caches the identities it built."""
 
@@ -54,6 +58,9 @@ class TokenVerifier:
         self.max_token_bytes = max_token_bytes
         # token -> (its identity, when the entry expires, the key that verified it)
         self._cache: OrderedDict[str, tuple[Identity, float, VerificationKey]] = OrderedDict()
+        # About the bytes the entries hold (a token and the identity made of its claims, each
+        # about the token's size): bounded in bytes as well as in entries.
+        self._cache_bytes = 0
         self._issuers: dict[str, CompiledIssuer] = {}
         # Issuers that publish the same JWKS URL (one Entra ID key set serves every tenant)
         # share one cache and one fetch.
@@ -73,9 +80,12 @@ class TokenVerifier:
         # A token verified with a key its issuer no longer publishes is verified again (and
         # refused) on its next use, not served from the cache until its own `exp`.
         gone = {id(key) for key in removed}
-        cache = self._cache
-        for token in [token for token, entry in cache.items() if id(entry[2]) in gone]:
-            del cache[token]
+        for token in [token for token, entry in self._cache.items() if id(entry[2]) in gone]:
+            self._uncache(token)
+
+    def _uncache(self, token: str) -> None:
+        if self._cache.pop(token, None) is not None:
+            self._cache_bytes -= 2 * len(token)
 
     @staticmethod
     def _key_set(config: JWTIssuer, remote: dict[tuple[Any, ...], RemoteKeySet]) -> KeySet:
@@ -130,6 +140,7 @@ class TokenVerifier:
         for keys in self.key_sets:
             await keys.aclose()
         self._cache.clear()
+        self._cache_bytes = 0
 
     def cached(self, token: str) -> Identity | None:
         """The identity of a token verified before and not expired, else None (a dict lookup)."""
@@ -151,7 +162,7 @@ class TokenVerifier:
             if time.time() < entry[1]:
                 self._cache.move_to_end(token)
                 return entry[0]
-            self._cache.pop(token, None)
+            self._uncache(token)
         # Only a token not seen before gets a span and a duration: a cache hit stays a lookup.
         started = perf_counter()
         outcome = "invalid"
@@ -229,9 +240,11 @@ class TokenVerifier:
         if self.cache_size and issuer.keys.holds(key):
             cache = self._cache
             until = min(float(payload["exp"]) + config.leeway, now + issuer.keys.ttl)
+            self._uncache(token)
             cache[token] = (identity, until, key)
-            if len(cache) > self.cache_size:
-                cache.popitem(last=False)
+            self._cache_bytes += 2 * len(token)
+            while len(cache) > self.cache_size or self._cache_bytes > CACHE_BUDGET:
+                self._uncache(next(iter(cache)))
         return identity
 
     def _issuer_of(self, payload: dict[str, Any]) -> CompiledIssuer:
