@@ -113,10 +113,15 @@ def identity_stack(
         path_policy=path_policy,
     )
     (_, identity_options), *inner = layers
+    return IdentityMiddleware(wrap_layers(app, inner), **identity_options)
+
+
+def wrap_layers(app: AnyASGIApp, layers: list[tuple[type[Any], dict[str, Any]]]) -> AnyASGIApp:
+    """`app` inside `layers` (outermost first), built innermost first as a server would."""
     wrapped = app
-    for cls, options in reversed(inner):
+    for cls, options in reversed(layers):
         wrapped = cls(wrapped, **options)
-    return IdentityMiddleware(wrapped, **identity_options)
+    return wrapped
 
 
 def _with_excluded(options: Mapping[str, Any], excluded: list[str]) -> dict[str, Any]:

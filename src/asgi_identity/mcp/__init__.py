@@ -14,7 +14,7 @@ from asgi_identity.mcp._jsonrpc import RefusalStatus
 from asgi_identity.mcp._metadata import endpoint_path
 from asgi_identity.mcp.guard import MCPGuard
 from asgi_identity.mcp.resource import MCPResourceServer
-from asgi_identity.stack import LayerOptions, stack_layers
+from asgi_identity.stack import LayerOptions, stack_layers, wrap_layers
 from asgi_identity.types import AnyASGIApp
 
 __all__ = ["MCPGuard", "MCPResourceServer", "current_identity", "mcp_stack"]
@@ -65,9 +65,6 @@ def mcp_stack(
         exclude_paths=exclude_paths,
     )
     (identity_cls, identity_options), *inner = layers
-    wrapped = app
-    for cls, options in reversed(inner):
-        wrapped = cls(wrapped, **options)
-    wrapped = MCPGuard(wrapped, **{"path": path, **(guard or {})})
+    wrapped = MCPGuard(wrap_layers(app, inner), **{"path": path, **(guard or {})})
     checked.app = identity_cls(wrapped, **identity_options)
     return checked
