@@ -543,21 +543,29 @@ def test_demo_on_an_address_it_cannot_reach_itself_says_what_to_do_instead() -> 
 # -- the README ----------------------------------------------------------------------------------
 
 
-async def test_readme_stack_gives_the_pro_tier_its_model_and_refuses_it_to_the_others(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    (snippet,) = code_blocks("README.md", section="In your app, layer by layer")
+def run_readme_section(
+    section: str, monkeypatch: pytest.MonkeyPatch
+) -> tuple[LocalIssuer, dict[str, Any]]:
+    """Run the README's code block under `section` as written, its issuer's key set given inline
+    instead of discovered; (the stand-in identity provider, the names the block defined)."""
+    (snippet,) = code_blocks("README.md", section=section)
     idp = LocalIssuer(issuer="https://login.acme.com/", audience="gateway", algorithm="ES256")
     real_issuer = asgi_identity.JWTIssuer
 
     def offline_issuer(**options: Any) -> asgi_identity.JWTIssuer:
-        # The README's issuer as written, with its key set inline instead of discovered.
         assert options.pop("discovery") is True
         return real_issuer(**options, jwks=idp.jwks)
 
     monkeypatch.setattr(asgi_identity, "JWTIssuer", offline_issuer)
     namespace: dict[str, Any] = {}
     exec(compile(snippet, "README.md", "exec"), namespace)  # noqa: S102 - the README's own code
+    return idp, namespace
+
+
+async def test_readme_stack_gives_the_pro_tier_its_model_and_refuses_it_to_the_others(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    idp, namespace = run_readme_section("In your app, layer by layer", monkeypatch)
     app: FastAPI = namespace["app"]
 
     @app.post("/v1/whoami")
@@ -592,17 +600,7 @@ async def test_readme_stack_gives_the_pro_tier_its_model_and_refuses_it_to_the_o
 async def test_readme_quick_start_serves_allowed_users_and_refuses_the_others(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    (snippet,) = code_blocks("README.md", section="Quick start")
-    idp = LocalIssuer(issuer="https://login.acme.com/", audience="gateway", algorithm="ES256")
-    real_issuer = asgi_identity.JWTIssuer
-
-    def offline_issuer(**options: Any) -> asgi_identity.JWTIssuer:
-        assert options.pop("discovery") is True
-        return real_issuer(**options, jwks=idp.jwks)
-
-    monkeypatch.setattr(asgi_identity, "JWTIssuer", offline_issuer)
-    namespace: dict[str, Any] = {}
-    exec(compile(snippet, "README.md", "exec"), namespace)  # noqa: S102 - the README's own code
+    idp, namespace = run_readme_section("Quick start", monkeypatch)
 
     def bearer(email: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {idp.mint(sub=email.split('@')[0], email=email)}"}

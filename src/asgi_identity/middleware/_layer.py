@@ -71,9 +71,6 @@ class LayerPolicy:
     async def view(self, scope: Scope, receive: Receive, send: Send) -> RequestView | None:
         """The request's one view (made by the outermost layer, or here); None when this layer
         refused the request because its path or method cannot be given one meaning."""
-        view: RequestView | None = scope.get(SCOPE_KEY)
-        if view is not None and view.scope is scope:
-            return view
         try:
             return RequestView.of(scope, self.path_policy)
         except TargetRefused as refused:
